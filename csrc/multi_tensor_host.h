@@ -1,0 +1,71 @@
+#pragma once
+
+// Host-side argument checks for the multi-tensor ops, shared by the CPU and CUDA implementations.
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+#include <vector>
+
+#include "layout.h"
+
+namespace darts_fast {
+
+struct NamedTensorList {
+  const char* name;
+  at::TensorList tensors;
+};
+
+// The first list is the reference: every other list must have its length, and tensor i of every
+// list the shape of reference[i]. All tensors share one floating dtype and one device; a list
+// that mixes them is rejected (callers group by dtype and device first).
+inline void check_tensor_lists(const char* op, std::initializer_list<NamedTensorList> lists) {
+  const NamedTensorList& ref = *lists.begin();
+  for (const auto& list : lists) {
+    TORCH_CHECK(list.tensors.size() == ref.tensors.size(), op, ": ", list.name, " has ",
+                list.tensors.size(), " tensors but ", ref.name, " has ", ref.tensors.size());
+  }
+  if (ref.tensors.empty()) return;
+  const at::Tensor& t0 = ref.tensors[0];
+  TORCH_CHECK(is_supported_float(t0.scalar_type()), op, ": ", ref.name,
+              " must hold float32, float64, float16 or bfloat16 tensors, got ", t0.scalar_type());
+  for (const auto& list : lists) {
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      const at::Tensor& t = list.tensors[i];
+      TORCH_CHECK(t.scalar_type() == t0.scalar_type(), op, ": ", list.name, "[", i, "] has dtype ",
+                  t.scalar_type(), " but ", ref.name, "[0] has dtype ", t0.scalar_type(),
+                  "; one call takes one dtype");
+      TORCH_CHECK(t.device() == t0.device(), op, ": ", list.name, "[", i, "] is on ", t.device(),
+                  " but ", ref.name, "[0] is on ", t0.device(), "; one call takes one device");
+      TORCH_CHECK(t.sizes() == ref.tensors[i].sizes(), op, ": ", list.name, "[", i,
+                  "] has shape ", t.sizes(), " but ", ref.name, "[", i, "] has shape ",
+                  ref.tensors[i].sizes());
+    }
+  }
+}
+
+inline void check_dense_outputs(const char* op, const char* name, at::TensorList outs) {
+  for (size_t i = 0; i < outs.size(); ++i) {
+    TORCH_CHECK(outs[i].is_non_overlapping_and_dense(), op, ": ", name, "[", i,
+                "] is written in place and must be non-overlapping and dense (e.g. contiguous)");
+  }
+}
+
+inline void check_scalar_tensor(const char* op, const char* name, const at::Tensor& s,
+                                const at::Tensor& like) {
+  TORCH_CHECK(s.numel() == 1 && s.dim() == 0, op, ": ", name,
+              " must be a 0-dim tensor, got shape ", s.sizes());
+  TORCH_CHECK(at::isFloatingType(s.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor, got ", s.scalar_type());
+  TORCH_CHECK(s.device() == like.device(), op, ": ", name, " is on ", s.device(),
+              " but the tensors are on ", like.device());
+}
+
+// Inputs laid out like the reference list, element for element (see in_layout_of).
+inline std::vector<at::Tensor> in_layouts_of(at::TensorList xs, at::TensorList like) {
+  std::vector<at::Tensor> out;
+  out.reserve(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) out.push_back(in_layout_of(xs[i], like[i]));
+  return out;
+}
+
+}  // namespace darts_fast

@@ -1,0 +1,35 @@
+// Schemas of every darts_fast operator, defined once. Kernels register per backend in
+// csrc/cpu and csrc/cuda; fake kernels and autograd are registered in darts_fast/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// darts_fast._C is imported for its side effect (static operator registration below); it
+// needs no Python-visible functions.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(darts_fast, m) {
+  // out = sum_k weights[k] * xs[k]
+  m.def("weighted_sum(Tensor[] xs, Tensor weights) -> Tensor");
+  // Returns (grads of the xs whose flag is set, in order; grad of weights, or an empty tensor
+  // when weights_need_grad is false).
+  m.def(
+      "weighted_sum_backward(Tensor grad, Tensor[] xs, Tensor weights, bool[] xs_need_grad, "
+      "bool weights_need_grad) -> (Tensor[], Tensor)");
+
+  // sqrt(sum_i sum(tensors[i]^2)) as a 0-dim tensor, computed on the tensors' device.
+  m.def("multi_tensor_norm(Tensor[] tensors) -> Tensor");
+  // ys[i] += alpha * xs[i], alpha a 0-dim tensor.
+  m.def("multi_tensor_axpy_(Tensor(a!)[] ys, Tensor[] xs, Tensor alpha) -> ()");
+  // out[i] = weights[i] - eta * (momentum * momentum_buffers[i] + grads[i] + weight_decay *
+  // weights[i]); an empty momentum_buffers list stands for zeros.
+  m.def(
+      "multi_tensor_virtual_step(Tensor(a!)[] out, Tensor[] weights, Tensor[] grads, "
+      "Tensor[] momentum_buffers, float eta, float momentum, float weight_decay) -> ()");
+  // dalpha[i] - eta * (grads_pos[i] - grads_neg[i]) / (2 r), r a 0-dim tensor.
+  m.def(
+      "multi_tensor_finite_difference(Tensor[] dalpha, Tensor[] grads_pos, Tensor[] grads_neg, "
+      "Tensor r, float eta) -> Tensor[]");
+}

@@ -1,0 +1,54 @@
+#pragma once
+
+// Host-side argument checks and layout handling for weighted_sum, shared by the CPU and CUDA
+// implementations.
+#include <ATen/ATen.h>
+
+#include "layout.h"
+
+namespace darts_fast {
+
+inline void check_weighted_sum_args(const char* op, at::TensorList xs, const at::Tensor& weights) {
+  TORCH_CHECK(!xs.empty(), op, ": xs must be a non-empty list of tensors");
+  const at::Tensor& x0 = xs[0];
+  TORCH_CHECK(is_supported_float(x0.scalar_type()), op,
+              ": xs must be float32, float64, float16 or bfloat16, got ", x0.scalar_type());
+  for (size_t k = 1; k < xs.size(); ++k) {
+    TORCH_CHECK(xs[k].sizes() == x0.sizes(), op, ": xs[", k, "] has shape ", xs[k].sizes(),
+                " but xs[0] has shape ", x0.sizes(), "; all candidate outputs must have one shape");
+    TORCH_CHECK(xs[k].scalar_type() == x0.scalar_type(), op, ": xs[", k, "] has dtype ",
+                xs[k].scalar_type(), " but xs[0] has dtype ", x0.scalar_type());
+    TORCH_CHECK(xs[k].device() == x0.device(), op, ": xs[", k, "] is on ", xs[k].device(),
+                " but xs[0] is on ", x0.device());
+  }
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == static_cast<int64_t>(xs.size()), op,
+              ": weights must be a 1-D tensor with one entry per tensor in xs (length ", xs.size(),
+              "), got shape ", weights.sizes());
+  TORCH_CHECK(weights.device() == x0.device(), op, ": weights is on ", weights.device(),
+              " but xs are on ", x0.device());
+  const bool reduced = x0.scalar_type() == at::kHalf || x0.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(weights.scalar_type() == x0.scalar_type() ||
+                  (reduced && weights.scalar_type() == at::kFloat),
+              op, ": weights must have the dtype of xs (", x0.scalar_type(), ")",
+              reduced ? " or float32" : "", ", got ", weights.scalar_type());
+}
+
+// Forward and backward outputs take xs[0]'s layout when it is dense (contiguous, channels_last,
+// ...), the default layout otherwise; at::empty_like and torch.empty_like agree on this.
+inline at::Tensor new_like_first(at::TensorList xs) {
+  return at::empty_like(xs[0]);
+}
+
+inline void check_backward_args(const char* op, const at::Tensor& grad, at::TensorList xs,
+                                const at::Tensor& weights, const c10::List<bool>& xs_need_grad) {
+  check_weighted_sum_args(op, xs, weights);
+  TORCH_CHECK(grad.sizes() == xs[0].sizes(), op, ": grad has shape ", grad.sizes(),
+              " but xs have shape ", xs[0].sizes());
+  TORCH_CHECK(grad.scalar_type() == xs[0].scalar_type() && grad.device() == xs[0].device(), op,
+              ": grad must have the dtype and device of xs (", xs[0].scalar_type(), ", ",
+              xs[0].device(), "), got ", grad.scalar_type(), ", ", grad.device());
+  TORCH_CHECK(xs_need_grad.size() == xs.size(), op, ": xs_need_grad must have one flag per tensor ",
+              "in xs (", xs.size(), "), got ", xs_need_grad.size());
+}
+
+}  // namespace darts_fast

@@ -1,0 +1,17 @@
+"""darts_fast: fused kernels and drop-in classes for DARTS architecture search.
+
+Drop-in use in the original DARTS code: replace ``from model_search import MixedOp`` by
+``from darts_fast import MixedOp`` and ``from architect import Architect`` by
+``from darts_fast import Architect``.
+"""
+from . import ops
+from .architect import Architect
+from .genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
+from .mixed_op import MixedOp
+from .search_model import Cell, Network
+
+__all__ = [
+    "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "Genotype", "MixedOp", "Network",
+    "PRIMITIVES", "ops",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+r"""The fused DARTS architect, a drop-in for the original ``Architect(model, args)``.
+
+Second order (``unrolled=True``), with :math:`w` the weights, :math:`\alpha` the architecture,
+:math:`\mu` = ``args.momentum``, ``wd`` = ``args.weight_decay`` and ``buf`` the SGD momentum
+buffers (zeros before the first SGD step):
+
+.. math::
+    w' = w - \eta\,(\mu\,buf + \nabla_w L_{train}(w, \alpha) + wd\,w)
+
+    d\alpha = \nabla_\alpha L_{val}(w', \alpha), \qquad v = \nabla_{w'} L_{val}(w', \alpha)
+
+    R = 0.01 / \lVert v \rVert, \qquad
+    g^\pm = \nabla_\alpha L_{train}(w \pm R v, \alpha)
+
+    \alpha.grad = d\alpha - \eta\,(g^+ - g^-) / (2R)
+
+then one Adam step (betas 0.5, 0.999) on the alphas. First order: :math:`\alpha.grad =
+\nabla_\alpha L_{val}(w, \alpha)`.
+
+The numbers are the original's (within float rounding); what changes is how:
+  * no new model per step: :math:`w'` and :math:`w \pm Rv` live in one persistent shadow copy of
+    the weights that is swapped into the parameters (``p.data``) and swapped out again, so
+    :math:`w` is restored bit for bit; the original builds ``model.new()`` and loads a state_dict
+    every step (which also draws from the global RNG: this architect draws nothing);
+  * the virtual step, the norm, the perturbation and the final combination are multi-tensor
+    kernels over all weights at once; :math:`R` never leaves the device;
+  * the BatchNorm running statistics end as the original's: the real model sees the passes at
+    :math:`w`, :math:`w+Rv`, :math:`w-Rv`; the pass at :math:`w'` runs on swapped-in scratch
+    buffers, in training mode, as the original's fresh model does;
+  * first order computes only the alpha gradient: unlike the original it leaves the weights'
+    ``.grad`` alone (the training loop zeroes those before its weight step anyway).
+
+``hessian="exact"`` replaces the finite difference by the exact mixed second derivative
+:math:`\nabla^2_{\alpha, w} L_{train}(w, \alpha)\, v` (double backward). It is a different result
+from the original: the finite difference does not converge across ReLU and max-pool kinks. In that
+mode the real model sees one training pass per step (at :math:`w`), not three.
+"""
+import torch
+
+from . import ops
+
+_HESSIANS = ("finite_difference", "exact")
+
+
+class Architect:
+    def __init__(self, model, args, hessian="finite_difference"):
+        if not callable(getattr(model, "arch_parameters", None)):
+            raise TypeError(
+                f"Architect: model must offer arch_parameters() (and parameters(), _loss()), "
+                f"got {type(model).__name__}"
+            )
+        if not callable(getattr(model, "_loss", None)):
+            raise TypeError(f"Architect: model must offer _loss(input, target), got "
+                            f"{type(model).__name__}")
+        for name in ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay"):
+            if not hasattr(args, name):
+                raise TypeError(f"Architect: args must have the attribute {name!r}")
+        if hessian not in _HESSIANS:
+            raise ValueError(f"Architect: hessian must be one of {_HESSIANS}, got {hessian!r}")
+        alphas = list(model.arch_parameters())
+        if not alphas or not all(isinstance(a, torch.Tensor) and a.requires_grad for a in alphas):
+            raise ValueError("Architect: model.arch_parameters() must return tensors that "
+                             "require grad")
+        self.network_momentum = args.momentum
+        self.network_weight_decay = args.weight_decay
+        self.model = model
+        self.hessian = hessian
+        self.optimizer = torch.optim.Adam(
+            alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
+            weight_decay=args.arch_weight_decay,
+        )
+        self._shadow_weights = None
+        self._shadow_buffers = None
+        self._saved_buffers = None
+
+    def step(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer,
+             unrolled):
+        """One architecture step. On a non-finite loss or gradient it raises FloatingPointError
+        and leaves weights, BatchNorm statistics and alphas as they were."""
+        _check_batch("train", input_train, target_train)
+        _check_batch("valid", input_valid, target_valid)
+        if input_train.shape[1:] != input_valid.shape[1:]:
+            raise ValueError(
+                f"Architect.step: input_train and input_valid must have the same sample shape, "
+                f"got {tuple(input_train.shape)} and {tuple(input_valid.shape)}"
+            )
+        self.optimizer.zero_grad()
+        alphas = list(self.model.arch_parameters())
+        buffers = list(self.model.buffers())
+        self._saved_buffers = _copy_into(self._saved_buffers, buffers)
+        try:
+            if unrolled:
+                grads, checks = self._unrolled_grads(input_train, target_train, input_valid,
+                                                     target_valid, float(eta), network_optimizer)
+            else:
+                loss = self.model._loss(input_valid, target_valid)
+                grads = torch.autograd.grad(loss, alphas)
+                checks = [loss]
+            finite = torch.stack([c.detach().float().sum() for c in (*checks, *grads)])
+            if not bool(torch.isfinite(finite).all()):
+                raise FloatingPointError(
+                    "Architect.step: a loss or the alpha gradient is not finite (nan or inf); "
+                    "weights, BatchNorm statistics and alphas are left as they were"
+                )
+        except BaseException:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, self._saved_buffers)
+            raise
+        for alpha, grad in zip(alphas, grads):
+            alpha.grad = grad
+        self.optimizer.step()
+
+    def _unrolled_grads(self, input_train, target_train, input_valid, target_valid, eta,
+                        network_optimizer):
+        model = self.model
+        params = list(model.parameters())
+        alphas = list(model.arch_parameters())
+        _check_weights(params)
+        bufs = _momentum_buffers(network_optimizer, model, params)
+        exact = self.hessian == "exact"
+
+        loss_train = model._loss(input_train, target_train)
+        grad_w = torch.autograd.grad(loss_train, params, create_graph=exact)
+        weights = [p.data for p in params]
+        self._shadow_weights = _allocate_like(self._shadow_weights, weights)
+        shadow = self._shadow_weights
+        with torch.no_grad():
+            ops.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
+                                          eta, self.network_momentum, self.network_weight_decay)
+
+        # The pass at w' must leave the model's BatchNorm statistics alone and, like the
+        # original's freshly built model, runs in training mode.
+        buffers = list(model.buffers())
+        self._shadow_buffers = _copy_into(self._shadow_buffers, buffers)
+        buffer_data = [b.data for b in buffers]
+        was_training = model.training
+        try:
+            _swap_in(params, shadow)
+            _swap_in(buffers, self._shadow_buffers)
+            model.train()
+            loss_valid = model._loss(input_valid, target_valid)
+            grads = _grad(loss_valid, alphas + params)
+        finally:
+            _swap_in(params, weights)
+            _swap_in(buffers, buffer_data)
+            model.train(was_training)
+        dalpha, v = grads[:len(alphas)], grads[len(alphas):]
+
+        if exact:
+            hvp = _grad(grad_w, alphas, grad_outputs=v)
+            with torch.no_grad():
+                hypergrad = [d - eta * h for d, h in zip(dalpha, hvp)]
+            return hypergrad, [loss_train, loss_valid]
+
+        with torch.no_grad():
+            r = 0.01 / ops.multi_tensor_norm(v)
+            torch._foreach_copy_(shadow, weights)
+            ops.multi_tensor_axpy_(shadow, v, r)
+        try:
+            _swap_in(params, shadow)
+            loss_pos = model._loss(input_train, target_train)
+            grads_pos = _grad(loss_pos, alphas)
+            with torch.no_grad():
+                # As in the original, w - Rv is reached from w + Rv by subtracting 2Rv.
+                ops.multi_tensor_axpy_(shadow, v, -2 * r)
+            loss_neg = model._loss(input_train, target_train)
+            grads_neg = _grad(loss_neg, alphas)
+        finally:
+            _swap_in(params, weights)
+        with torch.no_grad():
+            hypergrad = ops.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r, eta)
+        return hypergrad, [loss_train, loss_valid, loss_pos, loss_neg]
+
+
+def _check_batch(name, inputs, targets):
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError(f"Architect.step: input_{name} and target_{name} must be tensors")
+    if inputs.dim() == 0 or targets.dim() == 0 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"Architect.step: input_{name} and target_{name} must hold the same number of "
+            f"samples, got shapes {tuple(inputs.shape)} and {tuple(targets.shape)}"
+        )
+
+
+def _check_weights(params):
+    if not params:
+        raise ValueError("Architect.step: the model has no parameters")
+    p0 = params[0]
+    for p in params:
+        if p.dtype != p0.dtype or p.device != p0.device:
+            raise ValueError(
+                f"Architect.step: all model weights must share one dtype and device, found "
+                f"{p0.dtype} on {p0.device} and {p.dtype} on {p.device}"
+            )
+
+
+def _momentum_buffers(network_optimizer, model, params):
+    """The SGD momentum buffers of every weight, or [] (zeros) when any is missing, as in the
+    original (which falls back to zeros before the first SGD step)."""
+    if not hasattr(network_optimizer, "param_groups") or not hasattr(network_optimizer, "state"):
+        raise TypeError("Architect.step: network_optimizer must be a torch.optim.Optimizer")
+    held = {id(p) for group in network_optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters() if id(p) not in held]
+    if missing:
+        raise ValueError(
+            f"Architect.step: network_optimizer does not hold the model's weights "
+            f"({len(missing)} missing, e.g. {missing[0]!r})"
+        )
+    bufs = [network_optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    return [] if any(b is None for b in bufs) else bufs
+
+
+def _grad(outputs, inputs, grad_outputs=None):
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _allocate_like(shadow, tensors):
+    """Persistent tensors shaped like `tensors`, reallocated only when the model changes."""
+    if shadow is None or len(shadow) != len(tensors) or any(
+        s.shape != t.shape or s.dtype != t.dtype or s.device != t.device or
+        s.stride() != t.stride() for s, t in zip(shadow, tensors)
+    ):
+        shadow = [torch.empty_like(t) for t in tensors]
+    return shadow
+
+
+def _copy_into(shadow, tensors):
+    shadow = _allocate_like(shadow, tensors)
+    with torch.no_grad():
+        torch._foreach_copy_(shadow, tensors)
+    return shadow
+
+
+def _swap_in(tensors, data):
+    for t, d in zip(tensors, data):
+        t.data = d

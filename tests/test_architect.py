@@ -1,0 +1,233 @@
+"""The fused Architect against the reference (original) Architect."""
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import darts_fast
+from darts_fast import ops, reference
+from conftest import TOLERANCE, rel_err
+
+ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                             arch_weight_decay=1e-3)
+ETA = 0.025
+
+
+def networks(fused_cls, device, dtype, seed=0):
+    """Two identical search networks: one for the fused architect, one for the reference."""
+    torch.manual_seed(seed)
+    a = fused_cls(4, 10, 3, nn.CrossEntropyLoss()).to(device=device, dtype=dtype)
+    torch.manual_seed(seed)
+    b = reference.Network(4, 10, 3, nn.CrossEntropyLoss()).to(device=device, dtype=dtype)
+    return a, b
+
+
+def batches(device, dtype, n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda: (torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64)  # noqa: E731
+                    .to(device=device, dtype=dtype),
+                    torch.randint(0, 10, (n,), generator=g).to(device))
+    return (*make(), *make())
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
+                           weight_decay=ARGS.weight_decay)
+
+
+def weight_step(model, optimizer, x, y):
+    optimizer.zero_grad()
+    model._loss(x, y).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5)
+    optimizer.step()
+
+
+def running_stats(model):
+    """All BatchNorm running statistics of the model, as one vector."""
+    return torch.cat([b.reshape(-1).double() for b in model.buffers() if b.is_floating_point()])
+
+
+def assert_alpha_grads_close(fused_model, ref_model, tol):
+    for a, b in zip(fused_model.arch_parameters(), ref_model.arch_parameters()):
+        assert rel_err(a.grad, b.grad) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("unrolled", [True, False])
+@pytest.mark.parametrize("fused_net", [darts_fast.Network, reference.Network],
+                         ids=["fused_net", "reference_net"])
+def test_matches_reference_over_three_search_steps(device, dtype, unrolled, fused_net):
+    mf, mr = networks(fused_net, device, dtype)
+    of, orr = sgd(mf), sgd(mr)
+    af, ar = darts_fast.Architect(mf, ARGS), reference.Architect(mr, ARGS)
+    tol = TOLERANCE[dtype]
+    for step in range(3):  # step 0: no momentum buffers yet; later steps: buffers present
+        xt, yt, xv, yv = batches(device, dtype, seed=step)
+        weights_before = [p.detach().clone() for p in mf.parameters()]
+        af.step(xt, yt, xv, yv, ETA, of, unrolled)
+        ar.step(xt, yt, xv, yv, ETA, orr, unrolled)
+        assert_alpha_grads_close(mf, mr, tol)
+        for p, before in zip(mf.parameters(), weights_before):
+            assert torch.equal(p, before)  # restored bit for bit
+        assert rel_err(running_stats(mf), running_stats(mr)) < tol
+        weight_step(mf, of, xt, yt)
+        weight_step(mr, orr, xt, yt)
+    for a, b in zip(mf.arch_parameters(), mr.arch_parameters()):
+        assert rel_err(a, b) < tol
+
+
+def test_eval_mode_model_unrolls_in_training_mode():
+    mf, mr = networks(darts_fast.Network, "cpu", torch.float64)
+    mf.eval()
+    mr.eval()
+    data = batches("cpu", torch.float64)
+    darts_fast.Architect(mf, ARGS).step(*data, ETA, sgd(mf), True)
+    reference.Architect(mr, ARGS).step(*data, ETA, sgd(mr), True)
+    assert_alpha_grads_close(mf, mr, 1e-10)
+    assert not mf.training
+
+
+def test_draws_nothing_from_the_global_rng():
+    mf, _ = networks(darts_fast.Network, "cpu", torch.float32)
+    data = batches("cpu", torch.float32)
+    architect = darts_fast.Architect(mf, ARGS)
+    state = torch.get_rng_state()
+    architect.step(*data, ETA, sgd(mf), True)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+class SmoothNet(nn.Module):
+    """A model with only the original API (no new()), smooth everywhere (softplus, avg-pool), so
+    that the finite difference converges to the exact hypergradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4, 10)
+        self.alpha = (0.1 * torch.randn(3, dtype=torch.float64)).requires_grad_()
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def forward_with(self, x, w1, b1, w2, b2, wf, bf):
+        h = F.softplus(F.conv2d(x, w1, b1, padding=1))
+        candidates = [self.bn(F.softplus(F.conv2d(h, w2, b2, padding=1))),
+                      F.avg_pool2d(h, 3, 1, 1), h]
+        mixed = ops.weighted_sum(candidates, torch.softmax(self.alpha, 0))
+        return F.linear(mixed.mean((2, 3)), wf, bf)
+
+    def forward(self, x):
+        return self.forward_with(x, *self.parameters())
+
+    def _loss(self, x, y):
+        return F.cross_entropy(self(x), y)
+
+
+def smooth_pair():
+    torch.manual_seed(0)
+    a = SmoothNet().double()
+    torch.manual_seed(0)
+    b = SmoothNet().double()
+    return a, b
+
+
+def exact_hypergradient(model, xt, yt, xv, yv):
+    """d/dalpha L_val(w'(alpha), alpha) by differentiating through the unrolled step itself."""
+    params = list(model.parameters())
+    loss_train = model._loss(xt, yt)
+    grads = torch.autograd.grad(loss_train, params, create_graph=True)
+    unrolled = [p - ETA * (g + ARGS.weight_decay * p) for p, g in zip(params, grads)]
+    loss_valid = F.cross_entropy(model.forward_with(xv, *unrolled), yv)
+    return torch.autograd.grad(loss_valid, model.alpha)[0]
+
+
+def test_exact_hessian_on_a_smooth_model():
+    exact_model, fd_model = smooth_pair()
+    data = [t.double() if t.is_floating_point() else t for t in batches("cpu", torch.float64, 8)]
+    oracle_model, _ = smooth_pair()
+    expected = exact_hypergradient(oracle_model, *data)
+    darts_fast.Architect(exact_model, ARGS, hessian="exact").step(*data, ETA, sgd(exact_model),
+                                                                  True)
+    darts_fast.Architect(fd_model, ARGS).step(*data, ETA, sgd(fd_model), True)
+    assert rel_err(exact_model.alpha.grad, expected) < 1e-10
+    # The finite difference converges to it on a smooth model.
+    assert rel_err(fd_model.alpha.grad, expected) < 1e-6
+
+
+def test_exact_hessian_differs_from_the_original_on_relu_networks():
+    mf, mr = networks(darts_fast.Network, "cpu", torch.float64)
+    data = batches("cpu", torch.float64)
+    darts_fast.Architect(mf, ARGS, hessian="exact").step(*data, ETA, sgd(mf), True)
+    reference.Architect(mr, ARGS).step(*data, ETA, sgd(mr), True)
+    errors = [rel_err(a.grad, b.grad) for a, b in zip(mf.arch_parameters(),
+                                                         mr.arch_parameters())]
+    assert max(errors) > 1e-6  # a different result, as documented
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.model, _ = networks(darts_fast.Network, "cpu", torch.float32)
+        self.optimizer = sgd(self.model)
+        self.data = list(batches("cpu", torch.float32))
+        self.architect = darts_fast.Architect(self.model, ARGS)
+
+    def assert_untouched(self, fn):
+        weights = [p.detach().clone() for p in self.model.parameters()]
+        buffers = [b.clone() for b in self.model.buffers()]
+        alphas = [a.detach().clone() for a in self.model.arch_parameters()]
+        fn()
+        for now, before in zip([*self.model.parameters(), *self.model.buffers(),
+                                *self.model.arch_parameters()], weights + buffers + alphas):
+            assert torch.equal(now, before)
+
+    def test_model_without_arch_parameters(self):
+        with pytest.raises(TypeError, match="model must offer arch_parameters"):
+            darts_fast.Architect(nn.Linear(2, 2), ARGS)
+
+    def test_args_missing_a_field(self):
+        with pytest.raises(TypeError, match="'arch_weight_decay'"):
+            darts_fast.Architect(self.model, types.SimpleNamespace(
+                momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4))
+
+    def test_unknown_hessian(self):
+        with pytest.raises(ValueError, match="hessian must be one of"):
+            darts_fast.Architect(self.model, ARGS, hessian="fast")
+
+    def test_optimizer_without_the_model_weights(self):
+        other = torch.optim.SGD([nn.Parameter(torch.ones(1))], 0.1)
+
+        def step():
+            with pytest.raises(ValueError, match="does not hold the model's weights"):
+                self.architect.step(*self.data, ETA, other, True)
+
+        self.assert_untouched(step)
+
+    @pytest.mark.parametrize("which", [1, 3])
+    def test_mismatched_batches(self, which):
+        self.data[which] = self.data[which][:-1]
+
+        def step():
+            with pytest.raises(ValueError, match="must hold the same number of samples"):
+                self.architect.step(*self.data, ETA, self.optimizer, True)
+
+        self.assert_untouched(step)
+
+    def test_mismatched_sample_shapes(self):
+        self.data[2] = self.data[2][:, :, :8, :8]
+        with pytest.raises(ValueError, match="same sample shape"):
+            self.architect.step(*self.data, ETA, self.optimizer, True)
+
+    @pytest.mark.parametrize("unrolled", [True, False])
+    def test_non_finite_loss(self, unrolled):
+        self.data[2] = self.data[2].clone()
+        self.data[2][0, 0, 0, 0] = float("nan")
+
+        def step():
+            with pytest.raises(FloatingPointError, match="not finite"):
+                self.architect.step(*self.data, ETA, self.optimizer, unrolled)
+
+        self.assert_untouched(step)

@@ -1,0 +1,44 @@
+"""The depthwise convolution with the forward-convolution input gradient."""
+import pytest
+import torch
+import torch.nn as nn
+
+from darts_fast import depthwise
+
+
+# (channels, kernel, stride, padding, dilation, height): every depthwise conv of DARTS, and odd
+# sizes whose last rows a strided filter does not reach.
+CASES = [(4, 3, 1, 1, 1, 9), (4, 5, 2, 2, 1, 9), (4, 3, 2, 2, 2, 8), (4, 5, 2, 4, 2, 11),
+         (3, 5, 1, 4, 2, 7), (4, 3, 1, 0, 1, 6), (2, 3, 1, 0, 2, 9)]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("C,k,s,p,d,H", CASES)
+def test_gradcheck_and_gradgradcheck(C, k, s, p, d, H, layout):
+    conv = nn.Conv2d(C, C, k, s, p, d, groups=C, bias=False).double()
+    x = torch.randn(1, C, H, H + 1, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_()
+
+    def fn(x, w):
+        return depthwise._DepthwiseConv2d.apply(x, w, conv.stride, conv.padding, conv.dilation)
+
+    assert torch.equal(fn(x, conv.weight), conv(x))
+    assert torch.autograd.gradcheck(fn, (x, conv.weight))
+    assert torch.autograd.gradgradcheck(fn, (x, conv.weight))
+
+
+def test_matches_module_gradients_in_float32():
+    conv = nn.Conv2d(16, 16, 5, 2, 4, 2, groups=16, bias=False)
+    x = torch.randn(8, 16, 32, 32, requires_grad=True)
+    g = torch.randn(8, 16, 16, 16)
+    expected = torch.autograd.grad(conv(x), [x, conv.weight], g)
+    got = torch.autograd.grad(depthwise.conv2d(conv, x), [x, conv.weight], g)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_only_depthwise_convs_take_the_custom_path():
+    assert depthwise.is_depthwise(nn.Conv2d(4, 4, 3, groups=4, bias=False))
+    assert not depthwise.is_depthwise(nn.Conv2d(4, 4, 1, bias=False))
+    assert not depthwise.is_depthwise(nn.Conv2d(4, 4, 3, groups=4, bias=True))
+    assert not depthwise.is_depthwise(nn.Conv2d(4, 8, 3, groups=4, bias=False))
