@@ -79,7 +79,7 @@ setup(
     description="Fused kernels and drop-in classes for DARTS architecture search",
     packages=find_packages(include=["darts_fast", "darts_fast.*"]),
     python_requires=">=3.9",
-    install_requires=["torch", "numpy"],
+    install_requires=["torch", "numpy", "matplotlib"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -35,3 +35,113 @@ DARTS_V2 = Genotype(
     reduce_concat=[2, 3, 4, 5],
 )
 DARTS = DARTS_V2
+
+NAMED = {"DARTS": DARTS, "DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
+
+
+class GenotypeError(ValueError):
+    """A genotype that cannot be read or is not a valid cell description."""
+
+
+def genotype_to_dict(genotype):
+    return {
+        "normal": [[op, int(j)] for op, j in genotype.normal],
+        "normal_concat": [int(i) for i in genotype.normal_concat],
+        "reduce": [[op, int(j)] for op, j in genotype.reduce],
+        "reduce_concat": [int(i) for i in genotype.reduce_concat],
+    }
+
+
+def genotype_text(genotype):
+    """The original's Genotype(...) text, ready to paste into DARTS' genotypes.py."""
+    d = genotype_to_dict(genotype)
+    parts = [f"{key}={[tuple(e) for e in d[key]] if key in ('normal', 'reduce') else d[key]}"
+             for key in ("normal", "normal_concat", "reduce", "reduce_concat")]
+    return "Genotype(" + ", ".join(parts) + ")"
+
+
+def genotype_from_dict(d):
+    if not isinstance(d, dict):
+        raise GenotypeError(f"a genotype must be an object with normal, normal_concat, reduce, "
+                            f"reduce_concat; got {type(d).__name__}")
+    missing = [k for k in Genotype._fields if k not in d]
+    if missing:
+        raise GenotypeError(f"genotype lacks {', '.join(missing)}")
+    try:
+        genotype = Genotype(
+            normal=[(str(op), int(j)) for op, j in d["normal"]],
+            normal_concat=[int(i) for i in d["normal_concat"]],
+            reduce=[(str(op), int(j)) for op, j in d["reduce"]],
+            reduce_concat=[int(i) for i in d["reduce_concat"]],
+        )
+    except (TypeError, ValueError) as e:
+        raise GenotypeError(f"genotype is malformed: {e}; expected lists of [op, input] pairs and "
+                            f"lists of node numbers") from None
+    validate_genotype(genotype)
+    return genotype
+
+
+def validate_genotype(genotype):
+    from .operations import OPS  # operations imports torch.nn; genotypes stays light
+
+    for kind in ("normal", "reduce"):
+        edges = getattr(genotype, kind)
+        if not edges or len(edges) % 2:
+            raise GenotypeError(f"genotype {kind} must hold two (op, input) pairs per node, "
+                                f"got {len(edges)} pairs")
+        for n, (op, j) in enumerate(edges):
+            node = n // 2
+            if op not in OPS or op == "none":
+                known = ", ".join(p for p in PRIMITIVES if p != "none")
+                raise GenotypeError(f"genotype {kind}: unknown operation {op!r} (known: {known})")
+            if not 0 <= j < node + 2:
+                raise GenotypeError(f"genotype {kind}: node {node} takes input {j}, but only "
+                                    f"states 0..{node + 1} exist before it")
+        concat = getattr(genotype, kind + "_concat")
+        steps = len(edges) // 2
+        if not concat or any(not 0 <= i < steps + 2 for i in concat):
+            raise GenotypeError(f"genotype {kind}_concat must name states in 0..{steps + 1}, "
+                                f"got {list(concat)}")
+
+
+def parse_genotype(spec):
+    """A genotype from a JSON file path, a known name (DARTS, DARTS_V1, DARTS_V2) or the text of
+    the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)``."""
+    import ast
+    import json
+    import os
+
+    spec = spec.strip()
+    if spec in NAMED:
+        return NAMED[spec]
+    if spec.startswith("Genotype(") or spec.startswith("{"):
+        text = spec
+    elif os.path.isfile(spec):
+        with open(spec) as f:
+            text = f.read().strip()
+    else:
+        raise GenotypeError(f"genotype {spec!r} is neither a file, a known name "
+                            f"({', '.join(NAMED)}) nor Genotype(...) text")
+    if text.startswith("{"):
+        try:
+            return genotype_from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"genotype JSON is malformed: {e}") from None
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"):
+            raise ValueError("expected Genotype(...)")
+        values = {kw.arg: _literal(kw.value) for kw in call.keywords}
+        values.update(zip(Genotype._fields, (_literal(a) for a in call.args)))
+    except (SyntaxError, ValueError) as e:
+        raise GenotypeError(f"genotype text is malformed: {e}") from None
+    return genotype_from_dict(values)
+
+
+def _literal(node):
+    # range(a, b) appears in genotypes printed by the search; everything else is a literal.
+    import ast
+
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range":
+        return list(range(*[ast.literal_eval(a) for a in node.args]))
+    return ast.literal_eval(node)
