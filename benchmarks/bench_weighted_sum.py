@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from darts_fast import ops
-from conftest import synchronize
+from cases import synchronize
 
 K = 8
 BATCH = 64

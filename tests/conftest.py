@@ -1,20 +1,9 @@
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from helpers import DEVICES
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
-
-
-def rel_err(actual, expected):
-    """Norm-wise relative error ||actual - expected|| / ||expected||, in float64."""
-    actual, expected = actual.detach().double(), expected.detach().double()
-    denom = expected.norm()
-    return ((actual - expected).norm() / (denom if denom > 0 else 1.0)).item()
-
-
-# Relative tolerances of the drop-in contract: the reference's numbers within float rounding.
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import darts_fast
 from darts_fast import ops, reference
-from conftest import TOLERANCE, rel_err
+from helpers import TOLERANCE, rel_err
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)

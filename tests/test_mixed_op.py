@@ -7,7 +7,7 @@ import darts_fast
 from darts_fast import mixed_op as fused_module
 from darts_fast import reference
 from darts_fast.search_model import Cell
-from conftest import TOLERANCE, rel_err
+from helpers import TOLERANCE, rel_err
 
 
 def pair(C, stride, device, dtype, seed=0):

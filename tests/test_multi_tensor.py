@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from darts_fast import ops
-from conftest import DEVICES
+from helpers import DEVICES
 
 CHUNK = 65536  # the kernels' chunk size: sizes around it cross chunk and launch boundaries
 

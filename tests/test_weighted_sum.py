@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from darts_fast import ops
-from conftest import DEVICES, TOLERANCE, rel_err
+from helpers import DEVICES, TOLERANCE, rel_err
 
 SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1,), (3, 70001)]  # the last spans several chunks
 

@@ -1,0 +1,129 @@
+"""The benchmark scenarios, shared by the pytest-benchmark files and the report script: each
+builds its inputs and returns a zero-argument function that runs one iteration."""
+import types
+
+import torch
+import torch.nn as nn
+
+import darts_fast
+from darts_fast import ops, reference
+
+ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                             arch_weight_decay=1e-3)
+ETA = 0.025
+
+# The search step of issue-sized runs: Network(8, 10, 5) at batch 16 on CPU, Network(16, 10, 8)
+# at batch 64 (the DARTS search configuration) on CUDA.
+STEP_CONFIG = {"cpu": dict(C=8, layers=5, batch=16), "cuda": dict(C=16, layers=8, batch=64)}
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def search_step(impl, device, unrolled, batch=None, config=None):
+    """One full search step (architect step, then the weight step on the same batch) with the
+    fused classes ('fused'), the original algorithm ('reference'), or the original algorithm with
+    its network's forward compiled ('compiled_reference')."""
+    config = dict(config or STEP_CONFIG[torch.device(device).type])
+    batch = batch or config["batch"]
+    torch.manual_seed(0)
+    if impl == "fused":
+        model = darts_fast.Network(config["C"], 10, config["layers"], nn.CrossEntropyLoss())
+        architect_cls = darts_fast.Architect
+    else:
+        model = reference.Network(config["C"], 10, config["layers"], nn.CrossEntropyLoss())
+        architect_cls = reference.Architect
+    model = model.to(device)
+    if impl == "compiled_reference":
+        model.forward = torch.compile(model.forward)
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
+                                weight_decay=ARGS.weight_decay)
+    architect = architect_cls(model, ARGS)
+    g = torch.Generator().manual_seed(1)
+    x, xv = (torch.randn(batch, 3, 32, 32, generator=g).to(device) for _ in range(2))
+    y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+
+    def step():
+        architect.step(x, y, xv, yv, ETA, optimizer, unrolled)
+        optimizer.zero_grad()
+        loss = model._loss(x, y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5)
+        optimizer.step()
+        synchronize(device)
+        return loss
+
+    return step
+
+
+def mixed_op(impl, device, C=16, HW=32, stride=1, batch=64):
+    torch.manual_seed(0)
+    op = (darts_fast.MixedOp if impl == "fused" else reference.MixedOp)(C, stride).to(device)
+    x = torch.randn(batch, C, HW, HW, device=device, requires_grad=True)
+    w = torch.softmax(torch.randn(8, device=device), 0).requires_grad_()
+    g = torch.randn(batch, C, HW // stride, HW // stride, device=device)
+
+    def run():
+        result = torch.autograd.grad(op(x, w), [x, w, *op.parameters()], g)
+        synchronize(device)
+        return result
+
+    return run
+
+
+def multi_tensor_lists(device, count=4):
+    """Lists shaped like the weights of Network(16, 10, 8) (1.93M weights in 458 tensors)."""
+    torch.manual_seed(0)
+    shapes = [p.shape for p in darts_fast.Network(16, 10, 8, None).parameters()]
+    return [[torch.randn(s, device=device) for s in shapes] for _ in range(count)]
+
+
+def multi_tensor_update(name, impl, device):
+    """The architect's multi-tensor updates: a Python loop over tensors, torch._foreach_*, or the
+    fused darts_fast kernel."""
+    w, g, buf, v = multi_tensor_lists(device)
+    out = [torch.empty_like(t) for t in w]
+    r = torch.tensor(0.01, device=device)
+    mu, wd = ARGS.momentum, ARGS.weight_decay
+
+    if name == "virtual_step":
+        if impl == "fused":
+            fn = lambda: ops.multi_tensor_virtual_step(out, w, g, buf, ETA, mu, wd)  # noqa: E731
+        elif impl == "foreach":
+            def fn():
+                moment = torch._foreach_mul(buf, mu)
+                dtheta = torch._foreach_add(g, w, alpha=wd)
+                torch._foreach_add_(moment, dtheta)
+                torch._foreach_copy_(out, w)
+                torch._foreach_add_(out, moment, alpha=-ETA)
+        else:
+            def fn():
+                for o, wi, gi, bi in zip(out, w, g, buf):
+                    torch.sub(wi, mu * bi + (gi + wd * wi), alpha=ETA, out=o)
+    elif name == "norm":
+        if impl == "fused":
+            fn = lambda: ops.multi_tensor_norm(v)  # noqa: E731
+        elif impl == "foreach":
+            fn = lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))  # noqa
+        else:
+            fn = lambda: torch.cat([t.reshape(-1) for t in v]).norm()  # noqa: E731
+    elif name == "axpy":
+        if impl == "fused":
+            fn = lambda: ops.multi_tensor_axpy_(out, v, r)  # noqa: E731
+        elif impl == "foreach":
+            fn = lambda: torch._foreach_add_(out, torch._foreach_mul(v, r))  # noqa: E731
+        else:
+            def fn():
+                for o, vi in zip(out, v):
+                    o.add_(vi, alpha=r.item())
+    else:
+        raise ValueError(name)
+
+    def run():
+        result = fn()
+        synchronize(device)
+        return result
+
+    return run

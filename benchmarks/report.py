@@ -1,0 +1,217 @@
+"""Runs the benchmark set, prints fused-versus-baseline ratios (speed and memory), writes JSON and
+a markdown table, updates benchmarks/RESULTS.md and plots step time and peak memory against
+batch size.
+
+    python benchmarks/report.py [--device cpu|cuda] [--batches 4 8 16 32] [--no-plot]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+BASELINE_ORDER = ["reference", "compiled_reference", "python_sum", "compiled_python_sum",
+                  "python_loop", "foreach"]
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(spec):
+    """Runs one search-step case in this (fresh) process: median step time and peak memory."""
+    from cases import search_step
+
+    device = torch.device(spec["device"])
+    step = search_step(spec["impl"], device, spec["unrolled"], batch=spec.get("batch"))
+    step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _rss_mb()
+    times = []
+    for _ in range(spec.get("repeats", 2)):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+    else:  # the process's peak resident size above its size before the measured steps
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    print(json.dumps({"seconds": statistics.median(times), "peak_mb": peak}))
+
+
+def run_child(spec):
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+                         capture_output=True, text=True, cwd=HERE)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def copy_bandwidth(device):
+    """Bytes read plus written per second by a large device-to-device copy."""
+    n = 64 * 2**20 // 4 if device.type == "cpu" else 512 * 2**20 // 4
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(10):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        b.copy_(a)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.numel() * 4 / best
+
+
+def run_benchmarks(device, json_path):
+    env = dict(os.environ)
+    if device.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", HERE,
+           f"--benchmark-json={json_path}", "--benchmark-disable-gc", "-k",
+           f"{device.type}"]
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(HERE), env=env)
+    with open(json_path) as f:
+        return json.load(f)["benchmarks"]
+
+
+def impl_of(bench):
+    return bench["params"]["impl"]
+
+
+def table(benchmarks, bandwidth, memory):
+    groups = {}
+    for b in benchmarks:
+        groups.setdefault(b["group"], []).append(b)
+    lines = ["| scenario | darts_fast median | baseline | baseline median | speed-up | "
+             "peak memory fused / baseline |", "|---|---|---|---|---|---|"]
+    records = []
+    for group, items in groups.items():
+        by_impl = {impl_of(b): b for b in items}
+        fused = by_impl.get("fused")
+        if fused is None:
+            continue
+        f_med = fused["stats"]["median"]
+        note = ""
+        if "bytes_moved" in fused.get("extra_info", {}):
+            floor = fused["extra_info"]["bytes_moved"] / bandwidth
+            note = f" (floor {floor * 1e3:.2f} ms: {f_med / floor:.2f}x of it)"
+        for impl in BASELINE_ORDER:
+            if impl not in by_impl:
+                continue
+            b_med = by_impl[impl]["stats"]["median"]
+            mem = memory.get((group, impl))
+            mem_text = f"{memory[(group, 'fused')] / mem:.2f} ({memory[(group, 'fused')]:.0f} / " \
+                       f"{mem:.0f} MB)" if mem else "-"
+            lines.append(f"| {group} | {f_med * 1e3:.2f} ms{note} | {impl} | {b_med * 1e3:.2f} ms "
+                         f"| {b_med / f_med:.2f}x | {mem_text} |")
+            records.append({"scenario": group, "fused_median_s": f_med, "baseline": impl,
+                            "baseline_median_s": b_med, "speedup": b_med / f_med,
+                            "fused_peak_mb": memory.get((group, "fused")),
+                            "baseline_peak_mb": mem})
+    return "\n".join(lines), records
+
+
+def plot(device, batches, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    results = {}
+    for impl in ("reference", "fused"):
+        rows = [run_child({"impl": impl, "device": device.type, "unrolled": True, "batch": b})
+                for b in batches]
+        results[impl] = rows
+        ax_t.plot(batches, [r["seconds"] for r in rows], marker="o", label=impl)
+        ax_m.plot(batches, [r["peak_mb"] for r in rows], marker="o", label=impl)
+    ax_t.set_ylabel("second-order search step (s)")
+    ax_m.set_ylabel("peak memory above the model (MB)")
+    for ax in (ax_t, ax_m):
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"search step vs batch size ({device.type})")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return results
+
+
+def update_results_md(device, section):
+    path = os.path.join(HERE, "RESULTS.md")
+    begin, end = f"<!-- {device.type} begin -->", f"<!-- {device.type} end -->"
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(json.loads(args.child))
+    device = torch.device(args.device)
+    out_dir = os.path.join(HERE, "results")
+    os.makedirs(out_dir, exist_ok=True)
+    benchmarks = run_benchmarks(device, os.path.join(out_dir, f"pytest-{device.type}.json"))
+    bandwidth = copy_bandwidth(device)
+    memory = {}
+    for b in benchmarks:
+        if b["name"].startswith("test_search_step"):
+            spec = {"impl": impl_of(b), "device": device.type,
+                    "unrolled": b["params"]["order"] == "second"}
+            memory[(b["group"], impl_of(b))] = run_child(spec)["peak_mb"]
+    text, records = table(benchmarks, bandwidth, memory)
+    header = (f"## {device.type.upper()}: {datetime.date.today().isoformat()}, "
+              f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}"
+              f" ({os.cpu_count()} cores), torch {torch.__version__}\n\n"
+              f"Command: `python benchmarks/report.py --device {device.type}`. Medians of "
+              f"pytest-benchmark rounds, all cases of a table in one run. Copy bandwidth "
+              f"(read + write) {bandwidth / 1e9:.1f} GB/s. Peak memory: search steps only, each in "
+              f"a fresh process ({'CUDA max allocated' if device.type == 'cuda' else 'peak RSS'} "
+              f"above the set-up model).\n")
+    section = header + "\n" + text
+    if not args.no_plot:
+        batches = args.batches or ([4, 8, 16, 32] if device.type == "cpu" else [16, 32, 64, 96])
+        png = f"step_vs_batch_{device.type}.png"
+        curve = plot(device, batches, os.path.join(HERE, png))
+        section += (f"\n\n![step time and peak memory vs batch size]({png})\n\n"
+                    "| batch | " + " | ".join(f"{i} step (s) | {i} peak (MB)" for i in curve)
+                    + " |\n|---|" + "---|---|" * len(curve) + "\n")
+        for k, b in enumerate(batches):
+            section += f"| {b} | " + " | ".join(
+                f"{curve[i][k]['seconds']:.2f} | {curve[i][k]['peak_mb']:.0f}" for i in curve) + " |\n"
+        records.append({"step_vs_batch": {"batches": batches, **curve}})
+    with open(os.path.join(out_dir, f"report-{device.type}.json"), "w") as f:
+        json.dump({"device": device.type, "torch": torch.__version__,
+                   "bandwidth_bytes_per_s": bandwidth, "results": records}, f, indent=2)
+    with open(os.path.join(out_dir, f"report-{device.type}.md"), "w") as f:
+        f.write(section + "\n")
+    update_results_md(device, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
