@@ -60,6 +60,54 @@ inline void check_scalar_tensor(const char* op, const char* name, const at::Tens
               " but the tensors are on ", like.device());
 }
 
+inline void check_device_type(const char* op, at::TensorList ts, c10::DeviceType device_type) {
+  TORCH_CHECK(ts.empty() || ts[0].device().type() == device_type, op, ": expected ",
+              c10::DeviceTypeName(device_type), " tensors");
+}
+
+// Checks of multi_tensor_virtual_step; returns whether momentum buffers were given.
+inline bool check_virtual_step_args(at::TensorList out, at::TensorList weights,
+                                    at::TensorList grads, at::TensorList bufs,
+                                    c10::DeviceType device_type) {
+  const char* op = "multi_tensor_virtual_step";
+  const bool has_buf = !bufs.empty();
+  if (has_buf) {
+    check_tensor_lists(op, {{"out", out}, {"weights", weights}, {"grads", grads},
+                            {"momentum_buffers", bufs}});
+  } else {
+    check_tensor_lists(op, {{"out", out}, {"weights", weights}, {"grads", grads}});
+  }
+  check_device_type(op, out, device_type);
+  check_dense_outputs(op, "out", out);
+  return has_buf;
+}
+
+inline void check_axpy_args(at::TensorList ys, at::TensorList xs, const at::Tensor& alpha,
+                            c10::DeviceType device_type) {
+  const char* op = "multi_tensor_axpy_";
+  check_tensor_lists(op, {{"ys", ys}, {"xs", xs}});
+  if (ys.empty()) return;
+  check_device_type(op, ys, device_type);
+  check_dense_outputs(op, "ys", ys);
+  check_scalar_tensor(op, "alpha", alpha, ys[0]);
+}
+
+// Checks of multi_tensor_finite_difference; returns its (uninitialised) outputs.
+inline std::vector<at::Tensor> prepare_finite_difference(at::TensorList dalpha,
+                                                         at::TensorList pos, at::TensorList neg,
+                                                         const at::Tensor& r,
+                                                         c10::DeviceType device_type) {
+  const char* op = "multi_tensor_finite_difference";
+  check_tensor_lists(op, {{"dalpha", dalpha}, {"grads_pos", pos}, {"grads_neg", neg}});
+  std::vector<at::Tensor> outs;
+  for (const auto& d : dalpha) outs.push_back(at::empty_like(d));
+  if (!dalpha.empty()) {
+    check_device_type(op, dalpha, device_type);
+    check_scalar_tensor(op, "r", r, dalpha[0]);
+  }
+  return outs;
+}
+
 // Inputs laid out like the reference list, element for element (see in_layout_of).
 inline std::vector<at::Tensor> in_layouts_of(at::TensorList xs, at::TensorList like) {
   std::vector<at::Tensor> out;

@@ -6,6 +6,8 @@
 
 #include "layout.h"
 
+#include <vector>
+
 namespace darts_fast {
 
 inline void check_weighted_sum_args(const char* op, at::TensorList xs, const at::Tensor& weights) {
@@ -49,6 +51,64 @@ inline void check_backward_args(const char* op, const at::Tensor& grad, at::Tens
               xs[0].device(), "), got ", grad.scalar_type(), ", ", grad.device());
   TORCH_CHECK(xs_need_grad.size() == xs.size(), op, ": xs_need_grad must have one flag per tensor ",
               "in xs (", xs.size(), "), got ", xs_need_grad.size());
+}
+
+// Kernel-ready arguments of weighted_sum: the output, the inputs in its layout, the weights in
+// the accumulation dtype.
+struct ForwardArgs {
+  at::Tensor out;
+  std::vector<at::Tensor> xs;
+  at::Tensor weights;
+};
+
+inline ForwardArgs prepare_forward(at::TensorList xs_in, const at::Tensor& weights,
+                                   c10::DeviceType device_type) {
+  check_weighted_sum_args("weighted_sum", xs_in, weights);
+  TORCH_CHECK(xs_in[0].device().type() == device_type, "weighted_sum: expected ",
+              c10::DeviceTypeName(device_type), " tensors");
+  ForwardArgs args;
+  args.out = new_like_first(xs_in);
+  if (args.out.numel() > 0) {
+    args.xs = in_layout_of(xs_in, args.out);
+    args.weights = weights.to(accumulate_type(args.out.scalar_type())).contiguous();
+  }
+  return args;
+}
+
+// Outputs and kernel-ready arguments of weighted_sum_backward.
+struct BackwardArgs {
+  std::vector<at::Tensor> grad_xs;  // one per flagged tensor of xs, in order
+  at::Tensor grad_weights;          // [K] zeros, or [0] when not wanted
+  at::Tensor grad;                  // in the common layout
+  std::vector<at::Tensor> xs;       // in the common layout; empty without the weight gradient
+  at::Tensor weights;               // in the accumulation dtype
+  int64_t numel = 0;
+  bool nothing_to_compute = false;
+};
+
+inline BackwardArgs prepare_backward(const at::Tensor& grad_in, at::TensorList xs_in,
+                                     const at::Tensor& weights,
+                                     const c10::List<bool>& xs_need_grad,
+                                     bool weights_need_grad, c10::DeviceType device_type) {
+  const char* op = "weighted_sum_backward";
+  check_backward_args(op, grad_in, xs_in, weights, xs_need_grad);
+  TORCH_CHECK(xs_in[0].device().type() == device_type, op, ": expected ",
+              c10::DeviceTypeName(device_type), " tensors");
+  const int64_t K = static_cast<int64_t>(xs_in.size());
+  BackwardArgs args;
+  for (int64_t k = 0; k < K; ++k) {
+    if (xs_need_grad.get(k)) args.grad_xs.push_back(new_like_first(xs_in));
+  }
+  args.grad_weights = weights_need_grad ? at::zeros({K}, weights.options())
+                                        : at::empty({0}, weights.options());
+  const at::Tensor like = new_like_first(xs_in);
+  args.numel = like.numel();
+  args.nothing_to_compute = args.numel == 0 || (args.grad_xs.empty() && !weights_need_grad);
+  if (args.nothing_to_compute) return args;
+  args.grad = in_layout_of(grad_in, like);
+  if (weights_need_grad) args.xs = in_layout_of(xs_in, like);
+  args.weights = weights.to(accumulate_type(like.scalar_type())).contiguous();
+  return args;
 }
 
 }  // namespace darts_fast

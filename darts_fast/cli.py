@@ -244,6 +244,13 @@ class _Meter:
         return self.loss / max(self.n, 1), self.acc / max(self.n, 1)
 
 
+def _metrics_row(epoch, lr, meter, valid_loss, valid_acc, epoch_start):
+    train_loss, train_acc = meter.means()
+    return {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.4f}",
+            "train_acc": f"{train_acc:.2f}", "valid_loss": f"{valid_loss:.4f}",
+            "valid_acc": f"{valid_acc:.2f}", "seconds": f"{time.time() - epoch_start:.1f}"}
+
+
 # --- search ------------------------------------------------------------------------------------
 
 def run_search(args):
@@ -324,10 +331,7 @@ def run_search(args):
         scheduler.step()
         valid_loss, valid_acc = _evaluate(model, valid_queue, criterion, device)
         train_loss, train_acc = meter.means()
-        rows.append({"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.4f}",
-                     "train_acc": f"{train_acc:.2f}", "valid_loss": f"{valid_loss:.4f}",
-                     "valid_acc": f"{valid_acc:.2f}",
-                     "seconds": f"{time.time() - epoch_start:.1f}"})
+        rows.append(_metrics_row(epoch, lr, meter, valid_loss, valid_acc, epoch_start))
         _write_search_outputs(args.run_dir, epoch + 1, model, rows)
         checkpoint.save({
             "command": "search", "epoch": epoch + 1, "model": model.state_dict(),
@@ -445,10 +449,7 @@ def run_train(args):
         scheduler.step()
         test_loss, test_acc = _evaluate(model, test_queue, criterion, device)
         train_loss, train_acc = meter.means()
-        rows.append({"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.4f}",
-                     "train_acc": f"{train_acc:.2f}", "valid_loss": f"{test_loss:.4f}",
-                     "valid_acc": f"{test_acc:.2f}",
-                     "seconds": f"{time.time() - epoch_start:.1f}"})
+        rows.append(_metrics_row(epoch, lr, meter, test_loss, test_acc, epoch_start))
         _write_metrics(args.run_dir, rows)
         visualize.draw_curves(rows, os.path.join(args.run_dir, "curves.png"))
         _write_json(os.path.join(args.run_dir, "final.json"), {

@@ -4,7 +4,7 @@ For :math:`y = \mathrm{conv}(x, w)` with stride :math:`s`, padding :math:`p`, di
 and one filter per channel, the input gradient is a transposed convolution, which the CPU
 backends run far slower than a forward convolution when the filter is dilated or strided (up to
 50x on the dilated 5x5 of DARTS). The same gradient is a forward convolution of the
-zero-upsampled output gradient with the flipped filter:
+zero-upsampled output gradient with the flipped filter (used on the CPU):
 
 .. math::
     \frac{\partial L}{\partial x} = \mathrm{conv}\big(\mathrm{pad}_{q}(\uparrow_s g),\;
@@ -26,8 +26,9 @@ def is_depthwise(conv):
 
 
 def conv2d(conv, x):
-    """``conv(x)``, through the faster input gradient when ``conv`` is depthwise."""
-    if not is_depthwise(conv):
+    """``conv(x)``, through the faster input gradient when ``conv`` is depthwise and runs on the
+    CPU (cuDNN's own depthwise gradient is left in place on CUDA)."""
+    if x.device.type != "cpu" or not is_depthwise(conv):
         return conv(x)
     return _DepthwiseConv2d.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation)
 

@@ -57,14 +57,10 @@ std::vector<const scalar_t*> const_ptrs(const std::vector<at::Tensor>& ts) {
   return p;
 }
 
-void check_cpu(const char* op, at::TensorList ts) {
-  TORCH_CHECK(ts.empty() || ts[0].device().is_cpu(), op, ": expected CPU tensors");
-}
-
 at::Tensor multi_tensor_norm_cpu(at::TensorList tensors_in) {
   TORCH_CHECK(!tensors_in.empty(), "multi_tensor_norm: tensors must be a non-empty list");
   check_tensor_lists("multi_tensor_norm", {{"tensors", tensors_in}});
-  check_cpu("multi_tensor_norm", tensors_in);
+  check_device_type("multi_tensor_norm", tensors_in, c10::DeviceType::CPU);
   std::vector<at::Tensor> tensors;
   for (const auto& t : tensors_in) {
     tensors.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
@@ -100,11 +96,8 @@ at::Tensor multi_tensor_norm_cpu(at::TensorList tensors_in) {
 }
 
 void multi_tensor_axpy_cpu(at::TensorList ys, at::TensorList xs_in, const at::Tensor& alpha) {
-  check_tensor_lists("multi_tensor_axpy_", {{"ys", ys}, {"xs", xs_in}});
+  check_axpy_args(ys, xs_in, alpha, c10::DeviceType::CPU);
   if (ys.empty()) return;
-  check_cpu("multi_tensor_axpy_", ys);
-  check_dense_outputs("multi_tensor_axpy_", "ys", ys);
-  check_scalar_tensor("multi_tensor_axpy_", "alpha", alpha, ys[0]);
   const auto xs = in_layouts_of(xs_in, ys);
   const std::vector<at::Tensor> outs(ys.begin(), ys.end());
   const auto chunks = chunks_of(ys);
@@ -128,17 +121,9 @@ void multi_tensor_axpy_cpu(at::TensorList ys, at::TensorList xs_in, const at::Te
 void multi_tensor_virtual_step_cpu(at::TensorList out, at::TensorList weights_in,
                                    at::TensorList grads_in, at::TensorList bufs_in, double eta,
                                    double momentum, double weight_decay) {
-  const char* op = "multi_tensor_virtual_step";
-  const bool has_buf = !bufs_in.empty();
-  if (has_buf) {
-    check_tensor_lists(op, {{"out", out}, {"weights", weights_in}, {"grads", grads_in},
-                            {"momentum_buffers", bufs_in}});
-  } else {
-    check_tensor_lists(op, {{"out", out}, {"weights", weights_in}, {"grads", grads_in}});
-  }
+  const bool has_buf =
+      check_virtual_step_args(out, weights_in, grads_in, bufs_in, c10::DeviceType::CPU);
   if (out.empty()) return;
-  check_cpu(op, out);
-  check_dense_outputs(op, "out", out);
   const auto w = in_layouts_of(weights_in, out);
   const auto g = in_layouts_of(grads_in, out);
   const auto b = has_buf ? in_layouts_of(bufs_in, out) : std::vector<at::Tensor>{};
@@ -168,13 +153,9 @@ std::vector<at::Tensor> multi_tensor_finite_difference_cpu(at::TensorList dalpha
                                                            at::TensorList pos_in,
                                                            at::TensorList neg_in,
                                                            const at::Tensor& r, double eta) {
-  const char* op = "multi_tensor_finite_difference";
-  check_tensor_lists(op, {{"dalpha", dalpha}, {"grads_pos", pos_in}, {"grads_neg", neg_in}});
-  std::vector<at::Tensor> outs;
-  for (const auto& d : dalpha) outs.push_back(at::empty_like(d));
+  std::vector<at::Tensor> outs =
+      prepare_finite_difference(dalpha, pos_in, neg_in, r, c10::DeviceType::CPU);
   if (dalpha.empty()) return outs;
-  check_cpu(op, dalpha);
-  check_scalar_tensor(op, "r", r, dalpha[0]);
   const auto d = in_layouts_of(dalpha, outs);
   const auto p = in_layouts_of(pos_in, outs);
   const auto n = in_layouts_of(neg_in, outs);

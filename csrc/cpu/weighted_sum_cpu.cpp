@@ -118,67 +118,46 @@ at::Tensor sum_chunks_in_order(const at::Tensor& partials) {
   return total;
 }
 
-at::Tensor weighted_sum_cpu(at::TensorList xs_in, const at::Tensor& weights) {
-  check_weighted_sum_args("weighted_sum", xs_in, weights);
-  TORCH_CHECK(xs_in[0].device().is_cpu(), "weighted_sum: expected CPU tensors");
-  at::Tensor out = new_like_first(xs_in);
-  const int64_t n = out.numel();
-  if (n == 0) return out;
-  const std::vector<at::Tensor> xs = in_layout_of(xs_in, out);
-  const at::Tensor w = weights.to(accumulate_type(out.scalar_type())).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cpu",
-                                  [&] {
+at::Tensor weighted_sum_cpu(at::TensorList xs, const at::Tensor& weights) {
+  const ForwardArgs args = prepare_forward(xs, weights, c10::DeviceType::CPU);
+  const int64_t n = args.out.numel();
+  if (n == 0) return args.out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.out.scalar_type(),
+                                  "weighted_sum_cpu", [&] {
     std::vector<const scalar_t*> ptrs;
-    for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
-    forward_kernel<scalar_t>(ptrs, w.const_data_ptr<at::opmath_type<scalar_t>>(),
-                             out.mutable_data_ptr<scalar_t>(), n);
+    for (const auto& x : args.xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(ptrs, args.weights.const_data_ptr<at::opmath_type<scalar_t>>(),
+                             args.out.mutable_data_ptr<scalar_t>(), n);
   });
-  return out;
+  return args.out;
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
-    const at::Tensor& grad_in, at::TensorList xs_in, const at::Tensor& weights,
+    const at::Tensor& grad, at::TensorList xs, const at::Tensor& weights,
     const c10::List<bool>& xs_need_grad, bool weights_need_grad) {
-  check_backward_args("weighted_sum_backward", grad_in, xs_in, weights, xs_need_grad);
-  TORCH_CHECK(xs_in[0].device().is_cpu(), "weighted_sum_backward: expected CPU tensors");
-  const int64_t K = static_cast<int64_t>(xs_in.size());
-  const at::ScalarType acc_type = accumulate_type(xs_in[0].scalar_type());
-
-  std::vector<at::Tensor> grad_xs;
-  for (int64_t k = 0; k < K; ++k) {
-    if (xs_need_grad.get(k)) grad_xs.push_back(new_like_first(xs_in));
-  }
-  at::Tensor grad_weights = weights_need_grad ? at::zeros({K}, weights.options())
-                                              : at::empty({0}, weights.options());
-  const at::Tensor like = new_like_first(xs_in);
-  const int64_t n = like.numel();
-  if (n == 0 || (grad_xs.empty() && !weights_need_grad)) return {grad_xs, grad_weights};
-
-  const at::Tensor g = in_layout_of(grad_in, like);
-  const std::vector<at::Tensor> xs = weights_need_grad ? in_layout_of(xs_in, like)
-                                                       : std::vector<at::Tensor>{};
-  const at::Tensor w = weights.to(acc_type).contiguous();
-  at::Tensor partials = weights_need_grad
-                            ? at::empty({num_chunks(n), K}, weights.options().dtype(acc_type))
-                            : at::Tensor();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(),
+  BackwardArgs args = prepare_backward(grad, xs, weights, xs_need_grad, weights_need_grad,
+                                       c10::DeviceType::CPU);
+  if (args.nothing_to_compute) return {args.grad_xs, args.grad_weights};
+  const int64_t K = static_cast<int64_t>(xs.size()), n = args.numel;
+  at::Tensor partials;
+  if (weights_need_grad) partials = at::empty({num_chunks(n), K}, args.weights.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "weighted_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<const scalar_t*> x_ptrs(K, nullptr);
     std::vector<scalar_t*> gx_ptrs(K, nullptr);
     for (int64_t k = 0, next = 0; k < K; ++k) {
-      if (weights_need_grad) x_ptrs[k] = xs[k].const_data_ptr<scalar_t>();
-      if (xs_need_grad.get(k)) gx_ptrs[k] = grad_xs[next++].mutable_data_ptr<scalar_t>();
+      if (weights_need_grad) x_ptrs[k] = args.xs[k].const_data_ptr<scalar_t>();
+      if (xs_need_grad.get(k)) gx_ptrs[k] = args.grad_xs[next++].mutable_data_ptr<scalar_t>();
     }
-    backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x_ptrs, w.const_data_ptr<acc_t>(),
-                              gx_ptrs,
+    backward_kernel<scalar_t>(args.grad.const_data_ptr<scalar_t>(), x_ptrs,
+                              args.weights.const_data_ptr<acc_t>(), gx_ptrs,
                               weights_need_grad ? partials.mutable_data_ptr<acc_t>() : nullptr, n);
   });
   if (weights_need_grad) {
-    grad_weights = sum_chunks_in_order(partials).to(weights.scalar_type());
+    args.grad_weights = sum_chunks_in_order(partials).to(weights.scalar_type());
   }
-  return {grad_xs, grad_weights};
+  return {args.grad_xs, args.grad_weights};
 }
 
 }  // namespace

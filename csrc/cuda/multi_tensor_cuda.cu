@@ -98,14 +98,10 @@ struct FiniteDifferenceFunctor {
   }
 };
 
-void check_cuda(const char* op, at::TensorList ts) {
-  TORCH_CHECK(ts.empty() || ts[0].is_cuda(), op, ": expected CUDA tensors");
-}
-
 at::Tensor multi_tensor_norm_cuda(at::TensorList tensors_in) {
   TORCH_CHECK(!tensors_in.empty(), "multi_tensor_norm: tensors must be a non-empty list");
   check_tensor_lists("multi_tensor_norm", {{"tensors", tensors_in}});
-  check_cuda("multi_tensor_norm", tensors_in);
+  check_device_type("multi_tensor_norm", tensors_in, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(tensors_in[0].device());
   std::vector<at::Tensor> tensors;
   for (const auto& t : tensors_in) {
@@ -129,11 +125,8 @@ at::Tensor multi_tensor_norm_cuda(at::TensorList tensors_in) {
 }
 
 void multi_tensor_axpy_cuda(at::TensorList ys, at::TensorList xs_in, const at::Tensor& alpha) {
-  check_tensor_lists("multi_tensor_axpy_", {{"ys", ys}, {"xs", xs_in}});
+  check_axpy_args(ys, xs_in, alpha, c10::DeviceType::CUDA);
   if (ys.empty()) return;
-  check_cuda("multi_tensor_axpy_", ys);
-  check_dense_outputs("multi_tensor_axpy_", "ys", ys);
-  check_scalar_tensor("multi_tensor_axpy_", "alpha", alpha, ys[0]);
   const c10::cuda::CUDAGuard guard(ys[0].device());
   const at::Tensor a = alpha.to(accumulate_type(ys[0].scalar_type()));
   const std::vector<at::Tensor> y(ys.begin(), ys.end());
@@ -148,17 +141,9 @@ void multi_tensor_axpy_cuda(at::TensorList ys, at::TensorList xs_in, const at::T
 void multi_tensor_virtual_step_cuda(at::TensorList out, at::TensorList weights_in,
                                     at::TensorList grads_in, at::TensorList bufs_in, double eta,
                                     double momentum, double weight_decay) {
-  const char* op = "multi_tensor_virtual_step";
-  const bool has_buf = !bufs_in.empty();
-  if (has_buf) {
-    check_tensor_lists(op, {{"out", out}, {"weights", weights_in}, {"grads", grads_in},
-                            {"momentum_buffers", bufs_in}});
-  } else {
-    check_tensor_lists(op, {{"out", out}, {"weights", weights_in}, {"grads", grads_in}});
-  }
+  const bool has_buf =
+      check_virtual_step_args(out, weights_in, grads_in, bufs_in, c10::DeviceType::CUDA);
   if (out.empty()) return;
-  check_cuda(op, out);
-  check_dense_outputs(op, "out", out);
   const c10::cuda::CUDAGuard guard(out[0].device());
   const std::vector<at::Tensor> o(out.begin(), out.end());
   const auto w = in_layouts_of(weights_in, out);
@@ -181,13 +166,9 @@ std::vector<at::Tensor> multi_tensor_finite_difference_cuda(at::TensorList dalph
                                                             at::TensorList pos_in,
                                                             at::TensorList neg_in,
                                                             const at::Tensor& r, double eta) {
-  const char* op = "multi_tensor_finite_difference";
-  check_tensor_lists(op, {{"dalpha", dalpha}, {"grads_pos", pos_in}, {"grads_neg", neg_in}});
-  std::vector<at::Tensor> outs;
-  for (const auto& d : dalpha) outs.push_back(at::empty_like(d));
+  std::vector<at::Tensor> outs =
+      prepare_finite_difference(dalpha, pos_in, neg_in, r, c10::DeviceType::CUDA);
   if (dalpha.empty()) return outs;
-  check_cuda(op, dalpha);
-  check_scalar_tensor(op, "r", r, dalpha[0]);
   const c10::cuda::CUDAGuard guard(dalpha[0].device());
   const at::Tensor rr = r.to(accumulate_type(outs[0].scalar_type()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outs[0].scalar_type(),

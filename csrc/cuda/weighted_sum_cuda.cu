@@ -106,63 +106,45 @@ __global__ void reduce_partials_kernel(const acc_t* __restrict__ partials, int64
   if (threadIdx.x == 0) grad_w[k] = v;
 }
 
-at::Tensor weighted_sum_cuda(at::TensorList xs_in, const at::Tensor& weights) {
-  check_weighted_sum_args("weighted_sum", xs_in, weights);
-  TORCH_CHECK(xs_in[0].is_cuda(), "weighted_sum: expected CUDA tensors");
-  const c10::cuda::CUDAGuard guard(xs_in[0].device());
-  at::Tensor out = new_like_first(xs_in);
-  const int64_t n = out.numel();
-  if (n == 0) return out;
-  const std::vector<at::Tensor> xs = in_layout_of(xs_in, out);
-  const at::Tensor w = weights.to(accumulate_type(out.scalar_type())).contiguous();
+at::Tensor weighted_sum_cuda(at::TensorList xs, const at::Tensor& weights) {
+  const ForwardArgs args = prepare_forward(xs, weights, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(args.out.device());
+  const int64_t n = args.out.numel();
+  if (n == 0) return args.out;
   const int K = static_cast<int>(xs.size());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.out.scalar_type(),
                                   "weighted_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int first = 0; first < K; first += kGroup) {
       Group<scalar_t> group{};
       group.first = first;
       group.count = std::min(kGroup, K - first);
-      for (int j = 0; j < group.count; ++j) group.x[j] = xs[first + j].const_data_ptr<scalar_t>();
+      for (int j = 0; j < group.count; ++j) {
+        group.x[j] = args.xs[first + j].const_data_ptr<scalar_t>();
+      }
       forward_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          group, w.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, first > 0);
+          group, args.weights.const_data_ptr<acc_t>(), args.out.mutable_data_ptr<scalar_t>(), n,
+          first > 0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return out;
+  return args.out;
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
-    const at::Tensor& grad_in, at::TensorList xs_in, const at::Tensor& weights,
+    const at::Tensor& grad, at::TensorList xs, const at::Tensor& weights,
     const c10::List<bool>& xs_need_grad, bool weights_need_grad) {
-  check_backward_args("weighted_sum_backward", grad_in, xs_in, weights, xs_need_grad);
-  TORCH_CHECK(xs_in[0].is_cuda(), "weighted_sum_backward: expected CUDA tensors");
-  const c10::cuda::CUDAGuard guard(xs_in[0].device());
-  const int K = static_cast<int>(xs_in.size());
-  const at::ScalarType acc_type = accumulate_type(xs_in[0].scalar_type());
-
-  std::vector<at::Tensor> grad_xs;
-  for (int k = 0; k < K; ++k) {
-    if (xs_need_grad.get(k)) grad_xs.push_back(new_like_first(xs_in));
-  }
-  at::Tensor grad_weights = weights_need_grad ? at::zeros({K}, weights.options())
-                                              : at::empty({0}, weights.options());
-  const at::Tensor like = new_like_first(xs_in);
-  const int64_t n = like.numel();
-  if (n == 0 || (grad_xs.empty() && !weights_need_grad)) return {grad_xs, grad_weights};
-
-  const at::Tensor g = in_layout_of(grad_in, like);
-  const std::vector<at::Tensor> xs = weights_need_grad ? in_layout_of(xs_in, like)
-                                                       : std::vector<at::Tensor>{};
-  const at::Tensor w = weights.to(acc_type).contiguous();
-  const int64_t blocks = blocks_for(n);
-  at::Tensor partials = weights_need_grad
-                            ? at::empty({blocks, K}, weights.options().dtype(acc_type))
-                            : at::Tensor();
+  BackwardArgs args = prepare_backward(grad, xs, weights, xs_need_grad, weights_need_grad,
+                                       c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(xs[0].device());
+  if (args.nothing_to_compute) return {args.grad_xs, args.grad_weights};
+  const int K = static_cast<int>(xs.size());
+  const int64_t n = args.numel, blocks = blocks_for(n);
+  at::Tensor partials;
+  if (weights_need_grad) partials = at::empty({blocks, K}, args.weights.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "weighted_sum_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     int next_grad = 0;
@@ -172,12 +154,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
       group.count = std::min(kGroup, K - first);
       for (int j = 0; j < group.count; ++j) {
         const int k = first + j;
-        group.x[j] = weights_need_grad ? xs[k].const_data_ptr<scalar_t>() : nullptr;
-        group.grad_x[j] =
-            xs_need_grad.get(k) ? grad_xs[next_grad++].mutable_data_ptr<scalar_t>() : nullptr;
+        group.x[j] = weights_need_grad ? args.xs[k].const_data_ptr<scalar_t>() : nullptr;
+        group.grad_x[j] = xs_need_grad.get(k)
+                              ? args.grad_xs[next_grad++].mutable_data_ptr<scalar_t>()
+                              : nullptr;
       }
       backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-          group, w.const_data_ptr<acc_t>(), g.const_data_ptr<scalar_t>(), n,
+          group, args.weights.const_data_ptr<acc_t>(), args.grad.const_data_ptr<scalar_t>(), n,
           weights_need_grad ? partials.mutable_data_ptr<acc_t>() : nullptr, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -186,10 +169,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
       reduce_partials_kernel<acc_t><<<K, kThreads, 0, stream>>>(
           partials.const_data_ptr<acc_t>(), blocks, K, total.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_weights = total.to(weights.scalar_type());
+      args.grad_weights = total.to(weights.scalar_type());
     }
   });
-  return {grad_xs, grad_weights};
+  return {args.grad_xs, args.grad_weights};
 }
 
 }  // namespace
