@@ -35,12 +35,15 @@ def child(spec):
 
     device = torch.device(spec["device"])
     step = search_step(spec["impl"], device, spec["unrolled"], batch=spec.get("batch"))
-    step()
+    # The baseline is the set-up model, before any step: the peak then covers everything the
+    # steps need (activations, optimizer state, the architect's copies) and glibc's reuse of
+    # freed memory cannot hide part of it.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
         base = _rss_mb()
+    step()  # warm-up
     times = []
     for _ in range(spec.get("repeats", 2)):
         t = time.perf_counter()
@@ -48,14 +51,14 @@ def child(spec):
         times.append(time.perf_counter() - t)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
-    else:  # the process's peak resident size above its size before the measured steps
+    else:  # the process's peak resident size above its size before the first step
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     print(json.dumps({"seconds": statistics.median(times), "peak_mb": peak}))
 
 
 def run_child(spec):
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
-                         capture_output=True, text=True, cwd=HERE)
+                         capture_output=True, text=True, cwd=os.path.dirname(HERE))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -191,7 +194,7 @@ def main():
               f"pytest-benchmark rounds, all cases of a table in one run. Copy bandwidth "
               f"(read + write) {bandwidth / 1e9:.1f} GB/s. Peak memory: search steps only, each in "
               f"a fresh process ({'CUDA max allocated' if device.type == 'cuda' else 'peak RSS'} "
-              f"above the set-up model).\n")
+              f"above the set-up model, before its first step).\n")
     section = header + "\n" + text
     if not args.no_plot:
         batches = args.batches or ([4, 8, 16, 32] if device.type == "cpu" else [16, 32, 64, 96])
