@@ -244,6 +244,18 @@ class _Meter:
         return self.loss / max(self.n, 1), self.acc / max(self.n, 1)
 
 
+def _restore(state, model, optimizer, scheduler):
+    """Loads what every run checkpoints; returns the number of epochs done (0 for a new run).
+    The RNG states go last, so that nothing after them draws from the generators."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_states(state["rng"])
+    return state["epoch"]
+
+
 def _metrics_row(epoch, lr, meter, valid_loss, valid_acc, epoch_start):
     train_loss, train_acc = meter.means()
     return {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.4f}",
@@ -288,17 +300,12 @@ def run_search(args):
     architect = Architect(model, args) if args.reference else \
         Architect(model, args, hessian=args.hessian)
 
-    start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
         with torch.no_grad():
             for alpha, saved in zip(model.arch_parameters(), state["alphas"]):
                 alpha.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
         architect.optimizer.load_state_dict(state["architect_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_states(state["rng"])
-        start_epoch = state["epoch"]
+    start_epoch = _restore(state, model, optimizer, scheduler)
     rows = _metrics(args.run_dir, start_epoch)
     print(f"darts-fast search: {'reference' if args.reference else 'fused'} "
           f"{'second' if args.unrolled else 'first'}-order on {device}, {args.dataset} data "
@@ -408,13 +415,7 @@ def run_train(args):
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_states(state["rng"])
-        start_epoch = state["epoch"]
+    start_epoch = _restore(state, model, optimizer, scheduler)
     rows = _metrics(args.run_dir, start_epoch)
     _write_json(os.path.join(args.run_dir, "genotype.json"),
                 dict(genotype_to_dict(genotype), text=genotype_text(genotype)))
