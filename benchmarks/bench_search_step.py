@@ -10,8 +10,8 @@ from cases import STEP_CONFIG, search_step
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_search_step(benchmark, device, order, impl):
     if impl == "compiled_reference" and device.type == "cpu":
-        pytest.skip("torch.compile of the whole search network: compiled on CUDA only (on 2 CPU "
-                    "cores compiling it takes longer than the benchmark)")
+        pytest.skip("torch.compile of the whole search network runs on CUDA only: on 2 CPU cores "
+                    "its first (compiling) step had not finished after 10 minutes")
     config = STEP_CONFIG[device.type]
     benchmark.group = (f"search step {order} order Network({config['C']}, 10, "
                        f"{config['layers']}) batch {config['batch']} {device.type}")
