@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from .operations import OPS, FactorizedReduce, Identity, ReLUConvBN
+from .search_model import is_reduction, stem
 
 
 def drop_path(x, drop_prob):
@@ -82,15 +83,13 @@ class NetworkCIFAR(nn.Module):
         self.drop_path_prob = 0.0
         stem_multiplier = 3
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
-        )
+        self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
         C_to_auxiliary = C_prev
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)

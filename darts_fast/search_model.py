@@ -14,6 +14,16 @@ from .genotypes import PRIMITIVES, Genotype
 from .operations import OPS, FactorizedReduce, ReLUConvBN
 
 
+def stem(C_out):
+    """The 3x3 convolution and affine BatchNorm that lift the RGB input to C_out channels."""
+    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+def is_reduction(i, layers):
+    """Whether cell i of `layers` halves the resolution (and doubles the channels)."""
+    return i in (layers // 3, 2 * layers // 3)
+
+
 def candidate_ops(C, stride, primitives=PRIMITIVES):
     """The candidate operations of one mixed edge, in ``primitives`` order. Pools are followed by
     a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``."""
@@ -93,14 +103,12 @@ class Network(nn.Module):
         self._memory_format = memory_format
 
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
-        )
+        self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
