@@ -101,7 +101,8 @@ inline BackwardArgs prepare_backward(const at::Tensor& grad_in, at::TensorList x
   }
   args.grad_weights = weights_need_grad ? at::zeros({K}, weights.options())
                                         : at::empty({0}, weights.options());
-  const at::Tensor like = new_like_first(xs_in);
+  // The gradients already carry the common layout; allocate a layout template only without them.
+  const at::Tensor like = args.grad_xs.empty() ? new_like_first(xs_in) : args.grad_xs[0];
   args.numel = like.numel();
   args.nothing_to_compute = args.numel == 0 || (args.grad_xs.empty() && !weights_need_grad);
   if (args.nothing_to_compute) return args;
