@@ -51,7 +51,6 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -g0: Python's CFLAGS carry -g, which doubles compile time and bloats the module.
     cxx = ["-O3", "-g0", "-fopenmp"]
-    define_macros = []
     kwargs = dict(
         include_dirs=[os.path.join(root, "csrc")],
         extra_link_args=["-fopenmp"],
@@ -60,16 +59,14 @@ def _extension():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        define_macros.append(("DARTS_FAST_WITH_CUDA", None))
         return cpp_extension.CUDAExtension(
             "darts_fast._C",
             sources,
-            define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
             **kwargs,
         )
     return cpp_extension.CppExtension(
-        "darts_fast._C", sources, define_macros=define_macros, extra_compile_args=cxx, **kwargs
+        "darts_fast._C", sources, extra_compile_args=cxx, **kwargs
     )
 
 
@@ -79,9 +76,9 @@ setup(
     description="Fused kernels and drop-in classes for DARTS architecture search",
     packages=find_packages(include=["darts_fast", "darts_fast.*"]),
     python_requires=">=3.9",
-    install_requires=["torch", "numpy", "matplotlib"],
+    install_requires=["torch", "numpy", "matplotlib", "filelock", "tqdm", "tensorboard"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["darts-fast=darts_fast.cli:main"]},
+    entry_points={"console_scripts": ["darts-fast=darts_fast.cli.main:main"]},
 )

@@ -3,7 +3,7 @@ the original, torch.compile of it, and the fused kernel, side by side in one run
 import pytest
 import torch
 
-from darts_fast import ops
+from darts_fast import kernels
 from cases import synchronize
 
 K = 8
@@ -20,7 +20,7 @@ _compiled_python_sum = torch.compile(python_sum, dynamic=False)
 IMPLEMENTATIONS = {
     "python_sum": python_sum,
     "compiled_python_sum": _compiled_python_sum,
-    "fused": ops.weighted_sum,
+    "fused": kernels.weighted_sum,
 }
 
 

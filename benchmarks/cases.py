@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import darts_fast
-from darts_fast import ops, reference
+from darts_fast import kernels, reference
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)
@@ -90,7 +90,7 @@ def multi_tensor_update(name, impl, device):
 
     if name == "virtual_step":
         if impl == "fused":
-            fn = lambda: ops.multi_tensor_virtual_step(out, w, g, buf, ETA, mu, wd)  # noqa: E731
+            fn = lambda: kernels.multi_tensor_virtual_step(out, w, g, buf, ETA, mu, wd)  # noqa: E731
         elif impl == "foreach":
             def fn():
                 moment = torch._foreach_mul(buf, mu)
@@ -104,14 +104,14 @@ def multi_tensor_update(name, impl, device):
                     torch.sub(wi, mu * bi + (gi + wd * wi), alpha=ETA, out=o)
     elif name == "norm":
         if impl == "fused":
-            fn = lambda: ops.multi_tensor_norm(v)  # noqa: E731
+            fn = lambda: kernels.multi_tensor_norm(v)  # noqa: E731
         elif impl == "foreach":
             fn = lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))  # noqa
         else:
             fn = lambda: torch.cat([t.reshape(-1) for t in v]).norm()  # noqa: E731
     elif name == "axpy":
         if impl == "fused":
-            fn = lambda: ops.multi_tensor_axpy_(out, v, r)  # noqa: E731
+            fn = lambda: kernels.multi_tensor_axpy_(out, v, r)  # noqa: E731
         elif impl == "foreach":
             fn = lambda: torch._foreach_add_(out, torch._foreach_mul(v, r))  # noqa: E731
         else:
@@ -125,5 +125,32 @@ def multi_tensor_update(name, impl, device):
         result = fn()
         synchronize(device)
         return result
+
+    return run
+
+
+# The input pipeline alone: one pass over PIPELINE_IMAGES augmented CIFAR-sized images in batches
+# of the step's size, from the command line's loaders.
+PIPELINE_IMAGES = 2048
+PIPELINE_LOADERS = {"tensor": ("tensor", 0), "dataloader_0_workers": ("dataloader", 0),
+                    "dataloader_2_workers": ("dataloader", 2)}
+
+
+def input_pipeline(name, device):
+    from darts_fast.cli import data
+
+    kind, workers = PIPELINE_LOADERS[name]
+    images, labels = data.synthetic_images(PIPELINE_IMAGES, seed=0)
+    options = types.SimpleNamespace(loader=kind, workers=workers, cutout=False, cutout_length=16,
+                                    batch_size=STEP_CONFIG[torch.device(device).type]["batch"])
+    loader = data.loader(options, images, labels, range(PIPELINE_IMAGES), torch.device(device),
+                         augment=True, shuffle=True)
+
+    def run():
+        count = 0
+        for x, _ in loader:
+            count += len(x)
+        synchronize(device)
+        return count
 
     return run

@@ -128,6 +128,28 @@ def table(benchmarks, bandwidth, memory):
     return "\n".join(lines), records
 
 
+def pipeline_table(benchmarks, device):
+    """Images per second of each loader against those of the fused search steps they feed."""
+    from cases import PIPELINE_IMAGES, STEP_CONFIG
+
+    batch = STEP_CONFIG[device.type]["batch"]
+    lines = ["| input pipeline | images/s | search step (fused) | images/s | pipeline / step |",
+             "|---|---|---|---|---|"]
+    steps = {b["params"]["order"]: batch / b["stats"]["median"] for b in benchmarks
+             if b["name"].startswith("test_search_step") and impl_of(b) == "fused"}
+    records = []
+    for b in benchmarks:
+        if not b["name"].startswith("test_input_pipeline"):
+            continue
+        rate = PIPELINE_IMAGES / b["stats"]["median"]
+        for order, step_rate in sorted(steps.items()):
+            lines.append(f"| {impl_of(b)} | {rate:.0f} | {order} order, batch {batch} | "
+                         f"{step_rate:.1f} | {rate / step_rate:.0f}x |")
+        records.append({"loader": impl_of(b), "images_per_s": rate,
+                        "step_images_per_s": steps})
+    return "\n".join(lines), records
+
+
 def plot(device, batches, path):
     import matplotlib
 
@@ -187,6 +209,10 @@ def main():
                     "unrolled": b["params"]["order"] == "second"}
             memory[(b["group"], impl_of(b))] = run_child(spec)["peak_mb"]
     text, records = table(benchmarks, bandwidth, memory)
+    pipeline_text, pipeline_records = pipeline_table(benchmarks, device)
+    text += ("\n\nThe command line's input pipeline alone (one pass of augmented images, batches "
+             "of the step's size) against the search step it feeds:\n\n" + pipeline_text)
+    records.append({"input_pipeline": pipeline_records})
     header = (f"## {device.type.upper()}: {datetime.date.today().isoformat()}, "
               f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}"
               f" ({os.cpu_count()} cores), torch {torch.__version__}\n\n"

@@ -2,9 +2,9 @@
 
 Drop-in use in the original DARTS code: replace ``from model_search import MixedOp`` by
 ``from darts_fast import MixedOp`` and ``from architect import Architect`` by
-``from darts_fast import Architect``.
+``from darts_fast import Architect``. The command line lives apart, in ``darts_fast.cli``.
 """
-from . import ops
+from . import kernels
 from .architect import Architect
 from .genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
 from .mixed_op import MixedOp
@@ -12,6 +12,6 @@ from .search_model import Cell, Network
 
 __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "Genotype", "MixedOp", "Network",
-    "PRIMITIVES", "ops",
+    "PRIMITIVES", "kernels",
 ]
 __version__ = "0.1.0"

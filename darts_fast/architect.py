@@ -37,7 +37,7 @@ mode the real model sees one training pass per step (at :math:`w`), not three.
 """
 import torch
 
-from . import ops
+from . import kernels
 
 _HESSIANS = ("finite_difference", "exact")
 
@@ -94,9 +94,10 @@ class Architect:
                                                      target_valid, float(eta), network_optimizer)
             else:
                 loss = self.model._loss(input_valid, target_valid)
-                grads = torch.autograd.grad(loss, alphas)
+                grads = torch.autograd.grad(loss, alphas, allow_unused=True)
                 checks = [loss]
-            finite = torch.stack([c.detach().float().sum() for c in (*checks, *grads)])
+            finite = torch.stack([c.detach().float().sum() for c in (*checks, *grads)
+                                  if c is not None])
             if not bool(torch.isfinite(finite).all()):
                 raise FloatingPointError(
                     "Architect.step: a loss or the alpha gradient is not finite (nan or inf); "
@@ -106,6 +107,8 @@ class Architect:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, self._saved_buffers)
             raise
+        # An alpha that takes no part in the loss (the normal cells' alphas of a network made only
+        # of reduction cells) keeps no gradient, and Adam leaves it alone, as in the original.
         for alpha, grad in zip(alphas, grads):
             alpha.grad = grad
         self.optimizer.step()
@@ -125,7 +128,7 @@ class Architect:
         self._shadow_weights = _allocate_like(self._shadow_weights, weights)
         shadow = self._shadow_weights
         with torch.no_grad():
-            ops.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
+            kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
                                           eta, self.network_momentum, self.network_weight_decay)
 
         # The pass at w' must leave the model's BatchNorm statistics alone and, like the
@@ -139,37 +142,39 @@ class Architect:
             _swap_in(buffers, self._shadow_buffers)
             model.train()
             loss_valid = model._loss(input_valid, target_valid)
-            grads = _grad(loss_valid, alphas + params)
+            grads = torch.autograd.grad(loss_valid, alphas + params, allow_unused=True)
         finally:
             _swap_in(params, weights)
             _swap_in(buffers, buffer_data)
             model.train(was_training)
+        unused = [g is None for g in grads[:len(alphas)]]
+        grads = _zeros_for_none(grads, alphas + params)
         dalpha, v = grads[:len(alphas)], grads[len(alphas):]
 
         if exact:
             hvp = _grad(grad_w, alphas, grad_outputs=v)
             with torch.no_grad():
                 hypergrad = [d - eta * h for d, h in zip(dalpha, hvp)]
-            return hypergrad, [loss_train, loss_valid]
+            return _none_where(unused, hypergrad), [loss_train, loss_valid]
 
         with torch.no_grad():
-            r = 0.01 / ops.multi_tensor_norm(v)
+            r = 0.01 / kernels.multi_tensor_norm(v)
             torch._foreach_copy_(shadow, weights)
-            ops.multi_tensor_axpy_(shadow, v, r)
+            kernels.multi_tensor_axpy_(shadow, v, r)
         try:
             _swap_in(params, shadow)
             loss_pos = model._loss(input_train, target_train)
             grads_pos = _grad(loss_pos, alphas)
             with torch.no_grad():
                 # As in the original, w - Rv is reached from w + Rv by subtracting 2Rv.
-                ops.multi_tensor_axpy_(shadow, v, -2 * r)
+                kernels.multi_tensor_axpy_(shadow, v, -2 * r)
             loss_neg = model._loss(input_train, target_train)
             grads_neg = _grad(loss_neg, alphas)
         finally:
             _swap_in(params, weights)
         with torch.no_grad():
-            hypergrad = ops.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r, eta)
-        return hypergrad, [loss_train, loss_valid, loss_pos, loss_neg]
+            hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r, eta)
+        return _none_where(unused, hypergrad), [loss_train, loss_valid, loss_pos, loss_neg]
 
 
 def _check_batch(name, inputs, targets):
@@ -212,7 +217,15 @@ def _momentum_buffers(network_optimizer, model, params):
 
 def _grad(outputs, inputs, grad_outputs=None):
     grads = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
+    return _zeros_for_none(grads, inputs)
+
+
+def _zeros_for_none(grads, inputs):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _none_where(unused, grads):
+    return [None if u else g for u, g in zip(unused, grads)]
 
 
 def _allocate_like(shadow, tensors):

@@ -3,8 +3,8 @@ genotype, an auxiliary head, drop path."""
 import torch
 import torch.nn as nn
 
-from .operations import OPS, FactorizedReduce, Identity, ReLUConvBN
-from .search_model import is_reduction, stem
+from .operations import (OPS, FactorizedReduce, Identity, ReLUConvBN, forward_fast,
+                         reduction_cells, stem)
 
 
 def drop_path(x, drop_prob):
@@ -45,7 +45,7 @@ class Cell(nn.Module):
             hs = []
             for j in (2 * i, 2 * i + 1):
                 op = self._ops[j]
-                h = op(states[self._indices[j]])
+                h = forward_fast(op, states[self._indices[j]])
                 if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
                     h = drop_path(h, drop_prob)
                 hs.append(h)
@@ -78,6 +78,10 @@ class AuxiliaryHeadCIFAR(nn.Module):
 class NetworkCIFAR(nn.Module):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__()
+        reductions = reduction_cells(layers)
+        if auxiliary and len(reductions) < 2:
+            raise ValueError(f"NetworkCIFAR: the auxiliary head sits after the second reduction "
+                             f"cell and needs layers >= 2, got layers={layers}")
         self._layers = layers
         self._auxiliary = auxiliary
         self.drop_path_prob = 0.0
@@ -89,7 +93,7 @@ class NetworkCIFAR(nn.Module):
         reduction_prev = False
         C_to_auxiliary = C_prev
         for i in range(layers):
-            reduction = is_reduction(i, layers)
+            reduction = i in reductions
             if reduction:
                 C_curr *= 2
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)

@@ -2,7 +2,12 @@
 
 ``PRIMITIVES`` keeps the original column order of every alpha matrix.
 """
+import ast
+import json
+import os
 from collections import namedtuple
+
+from .operations import OPS
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
@@ -82,8 +87,6 @@ def genotype_from_dict(d):
 
 
 def validate_genotype(genotype):
-    from .operations import OPS  # operations imports torch.nn; genotypes stays light
-
     for kind in ("normal", "reduce"):
         edges = getattr(genotype, kind)
         if not edges or len(edges) % 2:
@@ -99,26 +102,27 @@ def validate_genotype(genotype):
                                     f"states 0..{node + 1} exist before it")
         concat = getattr(genotype, kind + "_concat")
         steps = len(edges) // 2
-        if not concat or any(not 0 <= i < steps + 2 for i in concat):
-            raise GenotypeError(f"genotype {kind}_concat must name states in 0..{steps + 1}, "
-                                f"got {list(concat)}")
+        # The cell's inputs are not among its outputs: in a reduction cell they have twice the
+        # resolution of the nodes, and the original never concatenates them.
+        if not concat or any(not 2 <= i < steps + 2 for i in concat):
+            raise GenotypeError(f"genotype {kind}_concat must name intermediate nodes "
+                                f"2..{steps + 1}, got {list(concat)}")
 
 
 def parse_genotype(spec):
     """A genotype from a JSON file path, a known name (DARTS, DARTS_V1, DARTS_V2) or the text of
     the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)``."""
-    import ast
-    import json
-    import os
-
     spec = spec.strip()
     if spec in NAMED:
         return NAMED[spec]
     if spec.startswith("Genotype(") or spec.startswith("{"):
         text = spec
     elif os.path.isfile(spec):
-        with open(spec) as f:
-            text = f.read().strip()
+        try:
+            with open(spec, encoding="utf-8") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise GenotypeError(f"genotype file {spec!r} cannot be read as text: {e}") from None
     else:
         raise GenotypeError(f"genotype {spec!r} is neither a file, a known name "
                             f"({', '.join(NAMED)}) nor Genotype(...) text")
@@ -133,15 +137,19 @@ def parse_genotype(spec):
             raise ValueError("expected Genotype(...)")
         values = {kw.arg: _literal(kw.value) for kw in call.keywords}
         values.update(zip(Genotype._fields, (_literal(a) for a in call.args)))
-    except (SyntaxError, ValueError) as e:
-        raise GenotypeError(f"genotype text is malformed: {e}") from None
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        # literal_eval and range() fail in all of these ways on text that is not a genotype.
+        raise GenotypeError(f"genotype text is malformed: {e.__class__.__name__}: {e}; expected "
+                            f"Genotype(normal=[(op, input), ...], normal_concat=[...], "
+                            f"reduce=[...], reduce_concat=[...])") from None
     return genotype_from_dict(values)
 
 
 def _literal(node):
     # range(a, b) appears in genotypes printed by the search; everything else is a literal.
-    import ast
-
     if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range":
-        return list(range(*[ast.literal_eval(a) for a in node.args]))
+        nodes = range(*[ast.literal_eval(a) for a in node.args])
+        if len(nodes) > 64:  # a cell has a handful of nodes; refuse before building a huge list
+            raise ValueError(f"{len(nodes)} nodes in a range")
+        return list(nodes)
     return ast.literal_eval(node)

@@ -50,6 +50,14 @@ class _ReLUFirst(nn.Module):
         return relu_x
 
 
+def forward_fast(op, x):
+    """``op(x)``, through ``forward_from_relu`` where the op has it: the same values, with the
+    depthwise convolutions' faster input gradient (for networks without mixed ops)."""
+    if hasattr(op, "forward_from_relu"):
+        return op.forward_from_relu(torch.relu(x))
+    return op(x)
+
+
 class ReLUConvBN(_ReLUFirst):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
@@ -124,3 +132,34 @@ class FactorizedReduce(nn.Module):
     def forward_from_relu(self, relu_x):
         out = torch.cat([self.conv_1(relu_x), self.conv_2(relu_x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
+
+
+def candidate_ops(C, stride, primitives):
+    """The candidate operations of one mixed edge, in ``primitives`` order. Pools are followed by
+    a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``."""
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown:
+        raise ValueError(f"primitives: unknown operation(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(OPS)}")
+    ops = nn.ModuleList()
+    for primitive in primitives:
+        op = OPS[primitive](C, stride, False)
+        if "pool" in primitive:
+            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        ops.append(op)
+    return ops
+
+
+def stem(C_out):
+    """The 3x3 convolution and affine BatchNorm that lift the RGB input to C_out channels."""
+    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+def reduction_cells(layers):
+    """The indices of the cells that halve the resolution (and double the channels): the cells
+    at one and two thirds of the depth (one cell when they coincide)."""
+    return sorted({layers // 3, 2 * layers // 3})
+
+
+def is_reduction(i, layers):
+    return i in reduction_cells(layers)

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from .genotypes import PRIMITIVES
+from .operations import candidate_ops
 from .search_model import Network as _Network
-from .search_model import candidate_ops
 
 
 class MixedOp(nn.Module):

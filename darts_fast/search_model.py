@@ -11,29 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotypes import PRIMITIVES, Genotype
-from .operations import OPS, FactorizedReduce, ReLUConvBN
-
-
-def stem(C_out):
-    """The 3x3 convolution and affine BatchNorm that lift the RGB input to C_out channels."""
-    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
-
-
-def is_reduction(i, layers):
-    """Whether cell i of `layers` halves the resolution (and doubles the channels)."""
-    return i in (layers // 3, 2 * layers // 3)
-
-
-def candidate_ops(C, stride, primitives=PRIMITIVES):
-    """The candidate operations of one mixed edge, in ``primitives`` order. Pools are followed by
-    a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``."""
-    ops = nn.ModuleList()
-    for primitive in primitives:
-        op = OPS[primitive](C, stride, False)
-        if "pool" in primitive:
-            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
-        ops.append(op)
-    return ops
+from .mixed_op import MixedOp
+from .operations import FactorizedReduce, ReLUConvBN, is_reduction, stem
 
 
 class Cell(nn.Module):
@@ -49,7 +28,6 @@ class Cell(nn.Module):
         self._steps = steps
         self._multiplier = multiplier
         self._ops = nn.ModuleList()
-        self._bns = nn.ModuleList()
         for i in range(self._steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
@@ -80,10 +58,8 @@ class Network(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
-                 stem_multiplier=3, mixed_op=None, memory_format="auto"):
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format="auto"):
         super().__init__()
-        if mixed_op is None:
-            from .mixed_op import MixedOp as mixed_op
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
                             ("stem_multiplier", stem_multiplier)):

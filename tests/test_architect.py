@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import darts_fast
-from darts_fast import ops, reference
+from darts_fast import kernels, reference
 from helpers import TOLERANCE, rel_err
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
@@ -78,6 +78,24 @@ def test_matches_reference_over_three_search_steps(device, dtype, unrolled, fuse
         assert rel_err(a, b) < tol
 
 
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_an_alpha_outside_the_loss_keeps_no_gradient(unrolled):
+    # Network(4, 10, 2): both cells reduce, so alphas_normal takes no part in the loss; the
+    # original leaves its gradient empty (first order) and Adam leaves it alone.
+    torch.manual_seed(0)
+    model = darts_fast.Network(4, 10, 2, nn.CrossEntropyLoss()).double()
+    torch.manual_seed(0)
+    ref = reference.Network(4, 10, 2, nn.CrossEntropyLoss()).double()
+    before = model.alphas_normal.detach().clone()
+    x, y, xv, yv = batches("cpu", torch.float64)
+    darts_fast.Architect(model, ARGS).step(x, y, xv, yv, ETA, sgd(model), unrolled)
+    assert model.alphas_normal.grad is None and torch.equal(model.alphas_normal, before)
+    if not unrolled:  # the original's second order fails on such a network
+        reference.Architect(ref, ARGS).step(x, y, xv, yv, ETA, sgd(ref), unrolled)
+        assert ref.alphas_normal.grad is None
+        assert rel_err(model.alphas_reduce, ref.alphas_reduce) < TOLERANCE[torch.float64]
+
+
 def test_eval_mode_model_unrolls_in_training_mode():
     mf, mr = networks(darts_fast.Network, "cpu", torch.float64)
     mf.eval()
@@ -117,7 +135,7 @@ class SmoothNet(nn.Module):
         h = F.softplus(F.conv2d(x, w1, b1, padding=1))
         candidates = [self.bn(F.softplus(F.conv2d(h, w2, b2, padding=1))),
                       F.avg_pool2d(h, 3, 1, 1), h]
-        mixed = ops.weighted_sum(candidates, torch.softmax(self.alpha, 0))
+        mixed = kernels.weighted_sum(candidates, torch.softmax(self.alpha, 0))
         return F.linear(mixed.mean((2, 3)), wf, bf)
 
     def forward(self, x):

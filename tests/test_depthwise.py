@@ -42,3 +42,29 @@ def test_only_depthwise_convs_take_the_custom_path():
     assert not depthwise.is_depthwise(nn.Conv2d(4, 4, 1, bias=False))
     assert not depthwise.is_depthwise(nn.Conv2d(4, 4, 3, groups=4, bias=True))
     assert not depthwise.is_depthwise(nn.Conv2d(4, 8, 3, groups=4, bias=False))
+
+
+def test_evaluation_network_takes_the_fast_path_with_the_same_gradients(monkeypatch):
+    import darts_fast.eval_model as eval_model
+    from darts_fast import DARTS_V2
+
+    torch.manual_seed(0)
+    net = eval_model.NetworkCIFAR(4, 10, 3, True, DARTS_V2).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)  # the auxiliary head needs 8x8 at its cell
+
+    def grads():
+        logits, aux = net(x)
+        return [logits, *torch.autograd.grad(logits.sum() + aux.sum(), list(net.parameters()))]
+
+    calls = []
+    real = depthwise._DepthwiseConv2d.apply
+    monkeypatch.setattr(depthwise._DepthwiseConv2d, "apply",
+                        lambda *a: calls.append(1) or real(*a))
+    fast = grads()
+    assert calls  # the cells' depthwise convolutions went through darts_fast.depthwise
+    monkeypatch.setattr(eval_model, "forward_fast", lambda op, h: op(h))  # the modules' forward
+    calls.clear()
+    plain = grads()
+    assert not calls
+    for a, b in zip(fast, plain):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -106,6 +106,8 @@ def test_bad_weights():
         op(torch.randn(1, 4, 4, 4), torch.ones(7))
     with pytest.raises(ValueError, match="at least one operation besides 'none'"):
         darts_fast.MixedOp(4, 1, primitives=["none"])
+    with pytest.raises(ValueError, match="primitives: unknown operation.s. 'conv_9x9'; known: "):
+        darts_fast.MixedOp(4, 1, primitives=["conv_9x9", "none"])
 
 
 def test_custom_primitives():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from darts_fast import ops
+from darts_fast import kernels
 from helpers import DEVICES
 
 CHUNK = 65536  # the kernels' chunk size: sizes around it cross chunk and launch boundaries
@@ -30,18 +30,18 @@ DTYPES = [torch.float32, torch.float64]
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_norm(device, dtype):
     ts = fuzzed_list(fuzzed_sizes(1), 2, dtype, device)
-    got = ops.multi_tensor_norm(ts)
+    got = kernels.multi_tensor_norm(ts)
     expected = torch.stack([t.double().pow(2).sum() for t in ts]).sum().sqrt()
     assert got.shape == () and got.dtype == dtype and got.device.type == device.type
     assert abs(got.double().item() - expected.item()) <= 1e-6 * expected.item()
-    assert torch.equal(got, ops.multi_tensor_norm(ts))  # deterministic
+    assert torch.equal(got, kernels.multi_tensor_norm(ts))  # deterministic
 
 
 def test_norm_of_non_contiguous_and_empty(device):
     base = torch.randn(6, 8, dtype=torch.float64, device=device)
     ts = [base.t(), base[:, ::2], torch.empty(0, device=device, dtype=torch.float64)]
     expected = sum(t.pow(2).sum() for t in ts).sqrt()
-    assert torch.allclose(ops.multi_tensor_norm(ts), expected, rtol=1e-12)
+    assert torch.allclose(kernels.multi_tensor_norm(ts), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -51,7 +51,7 @@ def test_axpy(device, dtype):
     xs = fuzzed_list(sizes, 5, dtype, device)
     alpha = torch.tensor(-0.37, dtype=dtype, device=device)
     expected = [y + alpha * x for y, x in zip(ys, xs)]
-    ops.multi_tensor_axpy_(ys, xs, alpha)
+    kernels.multi_tensor_axpy_(ys, xs, alpha)
     for y, e in zip(ys, expected):
         torch.testing.assert_close(y, e, rtol=1e-6, atol=1e-6)
 
@@ -66,7 +66,7 @@ def test_virtual_step(device, dtype, with_buffers):
     out = [torch.empty_like(t) for t in w]
     w_before = [t.clone() for t in w]
     eta, mu, wd = 0.025, 0.9, 3e-4
-    ops.multi_tensor_virtual_step(out, w, g, bufs, eta, mu, wd)
+    kernels.multi_tensor_virtual_step(out, w, g, bufs, eta, mu, wd)
     for i, o in enumerate(out):
         b = bufs[i] if with_buffers else torch.zeros_like(w[i])
         expected = w[i] - eta * (mu * b + (g[i] + wd * w[i]))
@@ -79,7 +79,7 @@ def test_finite_difference(device, dtype):
     sizes = fuzzed_sizes(10, count=40)
     d, p, n = (fuzzed_list(sizes, s, dtype, device) for s in (11, 12, 13))
     r = torch.tensor(0.003, dtype=dtype, device=device)
-    out = ops.multi_tensor_finite_difference(d, p, n, r, 0.025)
+    out = kernels.multi_tensor_finite_difference(d, p, n, r, 0.025)
     for i, o in enumerate(out):
         expected = d[i] - 0.025 * ((p[i] - n[i]) / (2 * r))
         assert o.shape == d[i].shape
@@ -91,11 +91,11 @@ def test_layout_of_inputs_follows_outputs(device):
          .contiguous(memory_format=torch.channels_last)]
     g = [torch.randn(3, 4, 5, 6, dtype=torch.float64, device=device)]
     out = [torch.empty_like(w[0])]
-    ops.multi_tensor_virtual_step(out, w, g, [], 0.1, 0.0, 0.0)
+    kernels.multi_tensor_virtual_step(out, w, g, [], 0.1, 0.0, 0.0)
     torch.testing.assert_close(out[0], w[0] - 0.1 * g[0], rtol=1e-12, atol=1e-12)
     ys = [torch.zeros(4, 6, dtype=torch.float64, device=device)]
     xs = [torch.randn(6, 4, dtype=torch.float64, device=device).t()]
-    ops.multi_tensor_axpy_(ys, xs, torch.tensor(2.0, dtype=torch.float64, device=device))
+    kernels.multi_tensor_axpy_(ys, xs, torch.tensor(2.0, dtype=torch.float64, device=device))
     torch.testing.assert_close(ys[0], 2 * xs[0])
 
 
@@ -117,36 +117,51 @@ def test_opcheck(device):
 class TestBadInput:
     def test_mixed_dtypes(self):
         with pytest.raises(RuntimeError, match=r"tensors\[1\] has dtype Double.*one dtype"):
-            ops.multi_tensor_norm([torch.ones(2), torch.ones(2, dtype=torch.float64)])
+            kernels.multi_tensor_norm([torch.ones(2), torch.ones(2, dtype=torch.float64)])
 
     def test_length_mismatch(self):
         with pytest.raises(RuntimeError, match="xs has 1 tensors but ys has 2"):
-            ops.multi_tensor_axpy_([torch.ones(2), torch.ones(2)], [torch.ones(2)],
+            kernels.multi_tensor_axpy_([torch.ones(2), torch.ones(2)], [torch.ones(2)],
                                    torch.tensor(1.0))
 
     def test_shape_mismatch(self):
         with pytest.raises(RuntimeError, match=r"grads\[0\] has shape \[3\] but out\[0\]"):
-            ops.multi_tensor_virtual_step([torch.ones(2)], [torch.ones(2)], [torch.ones(3)],
+            kernels.multi_tensor_virtual_step([torch.ones(2)], [torch.ones(2)], [torch.ones(3)],
                                           [], 0.1, 0.9, 0.0)
 
     def test_alpha_not_scalar(self):
         with pytest.raises(RuntimeError, match="alpha must be a 0-dim tensor"):
-            ops.multi_tensor_axpy_([torch.ones(2)], [torch.ones(2)], torch.ones(2))
+            kernels.multi_tensor_axpy_([torch.ones(2)], [torch.ones(2)], torch.ones(2))
 
     def test_empty_norm(self):
         with pytest.raises(ValueError, match="tensors must be a non-empty list"):
-            ops.multi_tensor_norm([])
+            kernels.multi_tensor_norm([])
 
     def test_empty_lists_are_no_ops(self):
-        ops.multi_tensor_virtual_step([], [], [], [], 0.1, 0.9, 0.0)
-        assert ops.multi_tensor_finite_difference([], [], [], torch.tensor(1.0), 0.1) == []
+        kernels.multi_tensor_virtual_step([], [], [], [], 0.1, 0.9, 0.0)
+        assert kernels.multi_tensor_finite_difference([], [], [], torch.tensor(1.0), 0.1) == []
 
     def test_overlapping_output(self):
         y = torch.ones(1).expand(4)
         with pytest.raises(RuntimeError, match="ys\\[0\\] is written in place"):
-            ops.multi_tensor_axpy_([y], [torch.ones(4)], torch.tensor(1.0))
+            kernels.multi_tensor_axpy_([y], [torch.ones(4)], torch.tensor(1.0))
 
     @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
     def test_mixed_devices(self):
         with pytest.raises(RuntimeError, match=r"tensors\[1\] is on cuda.*one device"):
-            ops.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])
+            kernels.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])
+
+
+@pytest.mark.parametrize("op", ["norm", "axpy", "virtual_step", "finite_difference"])
+def test_meta_among_cpu_tensors_is_refused(op):
+    cpu, meta = [torch.ones(3)], [torch.ones(3, device="meta")]
+    calls = {
+        "norm": lambda: kernels.multi_tensor_norm(cpu + meta),
+        "axpy": lambda: kernels.multi_tensor_axpy_(cpu, meta, torch.tensor(1.0)),
+        "virtual_step": lambda: kernels.multi_tensor_virtual_step(cpu, meta, cpu, [], 0.1, 0.9,
+                                                                  0.0),
+        "finite_difference": lambda: kernels.multi_tensor_finite_difference(
+            cpu, cpu, cpu, torch.tensor(1.0, device="meta"), 0.1),
+    }
+    with pytest.raises(RuntimeError, match="on meta but .* is on cpu|on cpu but .* is on meta"):
+        calls[op]()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from darts_fast import ops
+from darts_fast import kernels
 from helpers import DEVICES, TOLERANCE, rel_err
 
 SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1,), (3, 70001)]  # the last spans several chunks
@@ -32,7 +32,7 @@ def forward_backward(fn, xs, w, g):
 def test_matches_python_sum(device, dtype, K, shape):
     xs, w = make(K, shape, dtype, device)
     g = torch.randn(shape, dtype=dtype, device=device)
-    out, grads = forward_backward(ops.weighted_sum, xs, w, g)
+    out, grads = forward_backward(kernels.weighted_sum, xs, w, g)
     # The oracle: the Python sum evaluated in float64.
     xs64 = [x.detach().double().requires_grad_() for x in xs]
     w64 = w.detach().double().requires_grad_()
@@ -50,7 +50,7 @@ def test_reduced_precision_accumulates_in_float32(device, dtype):
     xs, w = make(8, (4, 8, 16, 16), dtype, device)
     w32 = w.detach().float().requires_grad_()
     g = torch.randn(xs[0].shape, device=device).to(dtype)
-    out, grads = forward_backward(ops.weighted_sum, xs, w32, g)
+    out, grads = forward_backward(kernels.weighted_sum, xs, w32, g)
     xs64 = [x.detach().double().requires_grad_() for x in xs]
     w64 = w.detach().double().requires_grad_()
     ref, ref_grads = forward_backward(python_sum, xs64, w64, g.double())
@@ -77,7 +77,7 @@ def test_any_memory_layout(device, layout):
     w.requires_grad_()
     g = torch.randn(xs[0].shape, dtype=torch.float64, device=device).transpose(0, 1).contiguous() \
         .transpose(0, 1)
-    out, grads = forward_backward(ops.weighted_sum, xs, w, g)
+    out, grads = forward_backward(kernels.weighted_sum, xs, w, g)
     ref, ref_grads = forward_backward(python_sum, xs, w, g)
     assert out.shape == ref.shape
     if layout == "channels_last":
@@ -89,7 +89,7 @@ def test_any_memory_layout(device, layout):
 
 def test_empty_tensors(device):
     xs, w = make(3, (0, 4, 5), torch.float32, device)
-    out = ops.weighted_sum(xs, w)
+    out = kernels.weighted_sum(xs, w)
     assert out.shape == (0, 4, 5)
     grads = torch.autograd.grad(out.sum(), [*xs, w])
     assert all(gx.shape == (0, 4, 5) for gx in grads[:-1])
@@ -106,7 +106,7 @@ def test_computes_only_needed_grads(device, need):
         w.requires_grad_()
     inputs = [t for t in (*xs, w) if t.requires_grad]
     g = torch.randn(xs[0].shape, dtype=torch.float64, device=device)
-    grads = torch.autograd.grad(ops.weighted_sum(xs, w), inputs, g)
+    grads = torch.autograd.grad(kernels.weighted_sum(xs, w), inputs, g)
     ref = torch.autograd.grad(python_sum(xs, w), inputs, g)
     for a, b in zip(grads, ref):
         assert rel_err(a, b) < 1e-12
@@ -119,9 +119,9 @@ def test_computes_only_needed_grads(device, need):
 def test_weight_grad_is_deterministic(device):
     xs, w = make(8, (16, 16, 32, 32), torch.float32, device)
     g = torch.randn(xs[0].shape, device=device)
-    first = torch.autograd.grad(ops.weighted_sum(xs, w), w, g)[0]
+    first = torch.autograd.grad(kernels.weighted_sum(xs, w), w, g)[0]
     for _ in range(3):
-        again = torch.autograd.grad(ops.weighted_sum(xs, w), w, g)[0]
+        again = torch.autograd.grad(kernels.weighted_sum(xs, w), w, g)[0]
         assert torch.equal(first, again)
 
 
@@ -129,7 +129,7 @@ def test_gradcheck_and_gradgradcheck(device):
     xs, w = make(3, (2, 3, 4), torch.float64, device)
 
     def fn(*args):
-        return ops.weighted_sum(args[:-1], args[-1])
+        return kernels.weighted_sum(args[:-1], args[-1])
 
     assert torch.autograd.gradcheck(fn, (*xs, w))
     assert torch.autograd.gradgradcheck(fn, (*xs, w))
@@ -149,7 +149,7 @@ def test_opcheck(device):
 
 def test_compile_fullgraph(device):
     xs, w = make(4, (2, 3, 8, 8), torch.float32, device)
-    compiled = torch.compile(ops.weighted_sum, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(kernels.weighted_sum, fullgraph=True, backend="aot_eager")
     g = torch.randn(xs[0].shape, device=device)
     out, grads = forward_backward(compiled, xs, w, g)
     ref, ref_grads = forward_backward(python_sum, xs, w, g)
@@ -161,35 +161,43 @@ def test_compile_fullgraph(device):
 class TestBadInput:
     def test_empty_list(self):
         with pytest.raises(RuntimeError, match="xs must be a non-empty list"):
-            ops.weighted_sum([], torch.ones(0))
+            kernels.weighted_sum([], torch.ones(0))
 
     def test_shape_mismatch(self):
         with pytest.raises(RuntimeError, match=r"xs\[1\] has shape \[2, 4\] but xs\[0\]"):
-            ops.weighted_sum([torch.ones(2, 3), torch.ones(2, 4)], torch.ones(2))
+            kernels.weighted_sum([torch.ones(2, 3), torch.ones(2, 4)], torch.ones(2))
 
     def test_dtype_mismatch(self):
         with pytest.raises(RuntimeError, match=r"xs\[1\] has dtype Double"):
-            ops.weighted_sum([torch.ones(2), torch.ones(2, dtype=torch.float64)], torch.ones(2))
+            kernels.weighted_sum([torch.ones(2), torch.ones(2, dtype=torch.float64)], torch.ones(2))
 
     def test_integer_inputs(self):
         with pytest.raises(RuntimeError, match="xs must be float32, float64"):
-            ops.weighted_sum([torch.ones(2, dtype=torch.int64)], torch.ones(1))
+            kernels.weighted_sum([torch.ones(2, dtype=torch.int64)], torch.ones(1))
 
     @pytest.mark.parametrize("shape", [(3,), (2, 1), ()])
     def test_weights_shape(self, shape):
         with pytest.raises(RuntimeError, match="weights must be a 1-D tensor with one entry"):
-            ops.weighted_sum([torch.ones(2), torch.ones(2)], torch.ones(shape))
+            kernels.weighted_sum([torch.ones(2), torch.ones(2)], torch.ones(shape))
 
     def test_weights_dtype(self):
         with pytest.raises(RuntimeError, match="weights must have the dtype of xs"):
-            ops.weighted_sum([torch.ones(2), torch.ones(2)], torch.ones(2, dtype=torch.float64))
+            kernels.weighted_sum([torch.ones(2), torch.ones(2)], torch.ones(2, dtype=torch.float64))
 
     @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
     def test_device_mismatch(self):
         with pytest.raises(RuntimeError, match=r"xs\[1\] is on cuda"):
-            ops.weighted_sum([torch.ones(2), torch.ones(2, device="cuda")], torch.ones(2))
+            kernels.weighted_sum([torch.ones(2), torch.ones(2, device="cuda")], torch.ones(2))
         with pytest.raises(RuntimeError, match="weights is on cpu"):
-            ops.weighted_sum([torch.ones(2, device="cuda")], torch.ones(1))
+            kernels.weighted_sum([torch.ones(2, device="cuda")], torch.ones(1))
+
+    @pytest.mark.parametrize("where", ["xs", "weights"])
+    def test_meta_among_cpu_tensors(self, where):
+        # The dispatcher sends such a call to the fake kernel, which must refuse it too.
+        xs = [torch.ones(2), torch.ones(2, device="meta" if where == "xs" else "cpu")]
+        w = torch.ones(2, device="meta" if where == "weights" else "cpu")
+        with pytest.raises(RuntimeError, match="is on meta but xs.0. is on cpu"):
+            kernels.weighted_sum(xs, w)
 
     def test_backward_flags_length(self):
         with pytest.raises(RuntimeError, match="xs_need_grad must have one flag per tensor"):

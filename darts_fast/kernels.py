@@ -30,13 +30,42 @@ def weighted_sum(xs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Ten
     return _ops.weighted_sum(list(xs), weights)
 
 
+def _check_one_device(op, named_tensors):
+    """Every tensor on the first one's device. The dispatcher picks one kernel for a call whose
+    tensors sit on several devices (a meta tensor among CPU tensors runs the fake kernel, for
+    instance), so each kernel, the fake ones included, must refuse such a call itself."""
+    (name0, t0), *rest = named_tensors
+    for name, t in rest:
+        torch._check(t.device == t0.device,
+                     lambda: f"{op}: {name} is on {t.device} but {name0} is on {t0.device}; "
+                             f"all tensors must be on one device")
+
+
+def _check_weighted_sum(op, xs, weights):
+    torch._check(len(xs) > 0, lambda: f"{op}: xs must be a non-empty list of tensors")
+    _check_one_device(op, [*((f"xs[{k}]", x) for k, x in enumerate(xs)), ("weights", weights)])
+    for k, x in enumerate(xs):
+        torch._check(x.shape == xs[0].shape and x.dtype == xs[0].dtype,
+                     lambda: f"{op}: xs[{k}] is {x.dtype} {tuple(x.shape)} but xs[0] is "
+                             f"{xs[0].dtype} {tuple(xs[0].shape)}")
+    torch._check(weights.dim() == 1 and weights.shape[0] == len(xs),
+                 lambda: f"{op}: weights must be 1-D with one entry per tensor in xs "
+                         f"({len(xs)}), got shape {tuple(weights.shape)}")
+
+
 @torch.library.register_fake("darts_fast::weighted_sum")
 def _weighted_sum_fake(xs, weights):
+    _check_weighted_sum("weighted_sum", xs, weights)
     return torch.empty_like(xs[0])
 
 
 @torch.library.register_fake("darts_fast::weighted_sum_backward")
 def _weighted_sum_backward_fake(grad, xs, weights, xs_need_grad, weights_need_grad):
+    _check_weighted_sum("weighted_sum_backward", xs, weights)
+    _check_one_device("weighted_sum_backward", [("xs[0]", xs[0]), ("grad", grad)])
+    torch._check(grad.shape == xs[0].shape,
+                 lambda: f"weighted_sum_backward: grad has shape {tuple(grad.shape)} but xs have "
+                         f"shape {tuple(xs[0].shape)}")
     grad_xs = [torch.empty_like(xs[0]) for need in xs_need_grad if need]
     grad_weights = weights.new_empty((len(xs),) if weights_need_grad else (0,))
     return grad_xs, grad_weights
@@ -134,21 +163,46 @@ def multi_tensor_finite_difference(
     )
 
 
+def _check_lists(op, *named_lists, scalar=None):
+    """The fake kernels' version of the multi-tensor checks: equal lengths, tensor i of every list
+    shaped like tensor i of the first, one device for all (``scalar``: an extra 0-dim tensor)."""
+    (name0, ref), *others = named_lists
+    for name, ts in others:
+        torch._check(len(ts) == len(ref),
+                     lambda: f"{op}: {name} has {len(ts)} tensors but {name0} has {len(ref)}")
+        for i, (t, r) in enumerate(zip(ts, ref)):
+            torch._check(t.shape == r.shape, lambda: f"{op}: {name}[{i}] has shape "
+                         f"{tuple(t.shape)} but {name0}[{i}] has shape {tuple(r.shape)}")
+    named = [(f"{name}[{i}]", t) for name, ts in named_lists for i, t in enumerate(ts)]
+    if named and scalar is not None:
+        named.append(scalar)
+    if named:
+        _check_one_device(op, named)
+
+
 @torch.library.register_fake("darts_fast::multi_tensor_norm")
 def _multi_tensor_norm_fake(tensors):
+    _check_lists("multi_tensor_norm", ("tensors", tensors))
     return tensors[0].new_empty(())
 
 
 @torch.library.register_fake("darts_fast::multi_tensor_axpy_")
 def _multi_tensor_axpy_fake(ys, xs, alpha):
+    _check_lists("multi_tensor_axpy_", ("ys", ys), ("xs", xs), scalar=("alpha", alpha))
     return None
 
 
 @torch.library.register_fake("darts_fast::multi_tensor_virtual_step")
 def _multi_tensor_virtual_step_fake(out, weights, grads, momentum_buffers, eta, momentum, wd):
+    lists = [("out", out), ("weights", weights), ("grads", grads)]
+    if momentum_buffers:
+        lists.append(("momentum_buffers", momentum_buffers))
+    _check_lists("multi_tensor_virtual_step", *lists)
     return None
 
 
 @torch.library.register_fake("darts_fast::multi_tensor_finite_difference")
 def _multi_tensor_finite_difference_fake(dalpha, grads_pos, grads_neg, r, eta):
+    _check_lists("multi_tensor_finite_difference", ("dalpha", dalpha), ("grads_pos", grads_pos),
+                 ("grads_neg", grads_neg), scalar=("r", r))
     return [torch.empty_like(d) for d in dalpha]

@@ -1,7 +1,7 @@
-"""Pictures of a search: cell diagrams, alpha heatmaps, learning curves (PNG).
-
-Cell diagrams use graphviz's ``dot`` when it is installed, matplotlib otherwise."""
-import os
+"""Pictures of a run as PNG bytes (the run folder writes them): cell diagrams, alpha heatmaps,
+learning curves. Cell diagrams use graphviz's ``dot`` when it is installed, matplotlib
+otherwise."""
+import io
 import shutil
 import subprocess
 
@@ -11,14 +11,14 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .genotypes import PRIMITIVES  # noqa: E402
+from ..genotypes import PRIMITIVES  # noqa: E402
 
 
-def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+def _png(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)  # a reader never sees a half-written picture
+    return buffer.getvalue()
 
 
 def _states(edges, concat):
@@ -27,15 +27,14 @@ def _states(edges, concat):
     return steps, names, [names[i] for i in concat]
 
 
-def draw_cell(edges, concat, title, path):
+def cell_png(edges, concat, title):
     """The cell as a graph: inputs c_{k-2}, c_{k-1}, intermediate nodes, output c_{k}."""
     if shutil.which("dot"):
-        _draw_cell_graphviz(edges, concat, path)
-    else:
-        _draw_cell_matplotlib(edges, concat, title, path)
+        return _cell_graphviz(edges, concat)
+    return _cell_matplotlib(edges, concat, title)
 
 
-def _draw_cell_graphviz(edges, concat, path):
+def _cell_graphviz(edges, concat):
     steps, names, outputs = _states(edges, concat)
     lines = ["digraph cell {", "rankdir=LR;", 'node [style=filled, fontname="helvetica"];']
     for n in names[:2]:
@@ -48,12 +47,11 @@ def _draw_cell_graphviz(edges, concat, path):
     for n in outputs:
         lines.append(f'"{n}" -> "c_{{k}}";')
     lines.append("}")
-    tmp = path + ".tmp.png"
-    subprocess.run(["dot", "-Tpng", "-o", tmp], input="\n".join(lines).encode(), check=True)
-    os.replace(tmp, path)
+    return subprocess.run(["dot", "-Tpng"], input="\n".join(lines).encode(), check=True,
+                          capture_output=True).stdout
 
 
-def _draw_cell_matplotlib(edges, concat, title, path):
+def _cell_matplotlib(edges, concat, title):
     steps, names, outputs = _states(edges, concat)
     pos = {names[0]: (0.0, 0.75), names[1]: (0.0, 0.25), "c_{k}": (steps + 1.0, 0.5)}
     for i in range(steps):
@@ -81,10 +79,10 @@ def _draw_cell_matplotlib(edges, concat, title, path):
     ax.set_ylim(0, 1)
     ax.axis("off")
     ax.set_title(title)
-    _save(fig, path)
+    return _png(fig)
 
 
-def draw_alphas(normal, reduce, title, path):
+def alphas_png(normal, reduce, title):
     """Heatmaps of the softmaxed alphas (edges x operations) of both cell types."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     for ax, weights, name in zip(axes, (normal, reduce), ("normal", "reduction")):
@@ -97,7 +95,7 @@ def draw_alphas(normal, reduce, title, path):
         ax.set_title(f"{name} cell")
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title)
-    _save(fig, path)
+    return _png(fig)
 
 
 def _edge_labels(count):
@@ -110,7 +108,7 @@ def _edge_labels(count):
     return labels[:count]
 
 
-def draw_curves(rows, path):
+def curves_png(rows):
     """Loss and accuracy per epoch from metrics rows (dicts with epoch and train/valid values)."""
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -125,4 +123,4 @@ def draw_curves(rows, path):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    return _png(fig)

@@ -1,0 +1,262 @@
+"""Images for the command line: CIFAR-10 from its python batches (a folder or the
+``cifar-10-python.tar.gz`` archive) or an offline synthetic default; the original DARTS
+augmentation (random 32x32 crop of the image padded by 4, horizontal flip, normalisation,
+optional cutout); and two loaders that feed a step:
+
+  * ``TensorLoader`` (the default): the whole uint8 data set lives on the training device and
+    each batch is gathered and augmented there in a few batched ops: no workers, no host copies;
+  * ``torch.utils.data.DataLoader`` over ``ImageDataset`` with worker processes and pinned memory
+    (``--loader dataloader --workers N``).
+
+Both draw their randomness from torch's generators (the training device's for ``TensorLoader``),
+whose states the checkpoints keep, so a resumed run sees the same batches.
+"""
+import io
+import math
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+
+from .errors import UsageError
+
+CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_FILE = "test_batch"
+NUM_CLASSES = 10
+PAD = 4
+
+
+class DataError(UsageError):
+    """Missing or malformed data, with a message that names the file and what was expected."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def load_cifar10(source, train=True):
+    """(images uint8 [N, 32, 32, 3], labels int64 [N]) from the CIFAR-10 python batches in the
+    folder ``source`` (or its ``cifar-10-batches-py``), or in the archive ``source``."""
+    names = CIFAR_TRAIN_FILES if train else (CIFAR_TEST_FILE,)
+    if os.path.isdir(source):
+        folder = os.path.join(source, "cifar-10-batches-py")
+        folder = folder if os.path.isdir(folder) else source
+        blobs = _read_folder(folder, names)
+    elif os.path.isfile(source):
+        blobs = _read_archive(source, names)
+    else:
+        raise DataError(f"--data {source!r} does not exist (expected the CIFAR-10 folder of "
+                        f"python batches or cifar-10-python.tar.gz)")
+    images, labels = zip(*(_parse_batch(where, blob) for where, blob in blobs))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _missing(where, missing):
+    return DataError(f"CIFAR-10 files missing in {where!r}: {', '.join(missing)} (expected the "
+                     f"python batches {', '.join(CIFAR_TRAIN_FILES)} and {CIFAR_TEST_FILE})")
+
+
+def _read_folder(folder, names):
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise _missing(folder, missing)
+    blobs = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                blobs.append((path, f.read()))
+        except OSError as e:
+            raise DataError(f"CIFAR-10 file {path!r} cannot be read: {e.strerror}") from None
+    return blobs
+
+
+def _read_archive(path, names):
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = {os.path.basename(m.name): m for m in archive.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise _missing(path, missing)
+            return [(f"{path}:{members[n].name}", archive.extractfile(members[n]).read())
+                    for n in names]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise DataError(f"--data {path!r} is not a readable CIFAR-10 archive "
+                        f"(cifar-10-python.tar.gz) or folder: {e.__class__.__name__}: {reason}") \
+            from None
+
+
+def _parse_batch(where, blob):
+    try:
+        batch = pickle.load(io.BytesIO(blob), encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+    except Exception as e:  # unpickling errors come in many types
+        raise DataError(f"CIFAR-10 file {where!r} is malformed: {e.__class__.__name__}: {e}. "
+                        f"Expected a pickled dict with b'data' and b'labels'") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+        raise DataError(f"CIFAR-10 file {where!r} is malformed: expected data of shape "
+                        f"[N, 3072] and N labels, got {data.shape} and {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"CIFAR-10 file {where!r} is malformed: labels must lie in 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def synthetic_images(n, seed):
+    """A learnable offline stand-in for CIFAR-10: 32x32 colour images of oriented stripes whose
+    angle and frequency depend on the class, with random phase, contrast, colour and noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, size=n)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 32.0
+    angles = labels * (np.pi / NUM_CLASSES) + rng.normal(0, 0.08, n)
+    freqs = 2.0 + (labels % 3) * 1.5
+    phases = rng.uniform(0, 2 * np.pi, n)
+    proj = (np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy)
+    stripes = np.sin(2 * np.pi * freqs[:, None, None] * proj + phases[:, None, None])
+    colours = rng.uniform(0.3, 1.0, (n, 1, 1, 3))
+    images = 0.5 + 0.35 * stripes[..., None] * colours + rng.normal(0, 0.12, (n, 32, 32, 3))
+    return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def search_data(options):
+    """The training images of a search: CIFAR-10's training set, or the synthetic default."""
+    if options.dataset == "cifar10":
+        return load_cifar10(options.data, train=True)
+    return synthetic_images(options.synthetic_size, seed=12345)
+
+
+def train_test_data(options):
+    if options.dataset == "cifar10":
+        return load_cifar10(options.data, train=True), load_cifar10(options.data, train=False)
+    images, labels = synthetic_images(options.synthetic_size + options.synthetic_size // 4,
+                                      seed=12345)
+    split = options.synthetic_size
+    return (images[:split], labels[:split]), (images[split:], labels[split:])
+
+
+def split_point(n, portion):
+    return int(math.floor(portion * n))
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+def augment(images, top, left, flip, cutout_centre=None, cutout_length=0):
+    """The original's training transform on a batch, with its random draws given:
+    ``images`` uint8 [B, 3, H, W]; ``top``, ``left`` in 0..2*PAD, the crop's corner in the image
+    zero-padded by PAD; ``flip`` bool [B]; ``cutout_centre`` (rows, cols) of the square zeroed
+    after normalisation, clipped at the border (as the original's Cutout)."""
+    b, _, h, w = images.shape
+    x = images.float().div_(255)
+    padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=x.device))
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(3, device=x.device)[None, :, None, None]
+    x = normalize(padded[batch, channel, rows, cols])
+    if cutout_length > 0:
+        cy, cx = cutout_centre
+        half = cutout_length // 2
+        ys = torch.arange(h, device=x.device)[None, :]
+        xs = torch.arange(w, device=x.device)[None, :]
+        inside_y = (ys >= (cy[:, None] - half).clamp(min=0)) & (ys < (cy[:, None] + half))
+        inside_x = (xs >= (cx[:, None] - half).clamp(min=0)) & (xs < (cx[:, None] + half))
+        x = x.masked_fill((inside_y[:, :, None] & inside_x[:, None, :])[:, None], 0.0)
+    return x
+
+
+def normalize(x):
+    mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def random_augment(images, cutout_length):
+    """``augment`` with its parameters drawn from the default generator of the images' device."""
+    b, _, h, w = images.shape
+    device = images.device
+    top, left = torch.randint(0, 2 * PAD + 1, (2, b), device=device)
+    flip = torch.rand(b, device=device) < 0.5
+    centre = torch.randint(0, h, (2, b), device=device) if cutout_length > 0 else None
+    return augment(images, top, left, flip, centre, cutout_length)
+
+
+class ImageDataset(Dataset):
+    """uint8 NHWC images with labels, one sample at a time (for a DataLoader with workers)."""
+
+    def __init__(self, images, labels, augment, cutout_length=0):
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2)  # a view: NCHW uint8
+        self.labels = torch.from_numpy(labels)
+        self.augment = augment
+        self.cutout_length = cutout_length
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i:i + 1]
+        x = random_augment(x, self.cutout_length) if self.augment else normalize(x.float() / 255)
+        return x[0], self.labels[i]
+
+
+class TensorLoader:
+    """Batches of ``indices`` (reshuffled each pass when ``shuffle``) gathered from the uint8 data
+    set held on ``device`` and augmented there."""
+
+    def __init__(self, images, labels, indices, batch_size, device, augment, shuffle,
+                 cutout_length=0):
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.augment, self.shuffle, self.cutout_length = augment, shuffle, cutout_length
+
+    def __len__(self):
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        order = self.indices[torch.randperm(len(self.indices))] if self.shuffle else self.indices
+        order = order.to(self.images.device)
+        for batch in order.split(self.batch_size):
+            x = self.images[batch]
+            x = random_augment(x, self.cutout_length) if self.augment else \
+                normalize(x.float() / 255)
+            yield x, self.labels[batch]
+
+
+def loader(options, images, labels, indices, device, augment, shuffle):
+    """The loader ``options.loader`` names over ``images[indices]``; batches arrive on
+    ``device``."""
+    cutout = options.cutout_length if augment and options.cutout else 0
+    if options.loader == "tensor":
+        return TensorLoader(images, labels, indices, options.batch_size, device, augment,
+                            shuffle, cutout)
+    dataset = ImageDataset(images, labels, augment, cutout)
+    sampler = SubsetRandomSampler(indices) if shuffle else list(indices)
+    return _ToDevice(DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
+                                num_workers=options.workers,
+                                pin_memory=device.type == "cuda",
+                                persistent_workers=options.workers > 0), device)
+
+
+class _ToDevice:
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+
+def endless(loader):
+    """The batches of ``loader``, pass after pass: the search's validation batches, one per
+    step, drawn from one iterator instead of a new one each step."""
+    while True:
+        yield from loader

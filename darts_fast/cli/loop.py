@@ -1,0 +1,220 @@
+"""The epoch loop that search and train share, and the run around it: open the run folder (new,
+or verified on --resume), restore the checkpoint, run the epochs (checkpoint first, then the
+outputs), stop cleanly on a non-finite loss or an interruption.
+
+A job (``search.SearchJob``, ``train.TrainJob``) brings its model, optimizer, scheduler and
+criterion, and says how an epoch's batches are drawn, what one step does, what else a checkpoint
+holds and which outputs an epoch leaves."""
+import math
+import random
+import time
+
+import numpy as np
+import torch
+
+from . import checkpoint, visualize
+from .errors import Diverged
+from .report import Meter, Progress, RunLog
+from .run_dir import RESUMABLE, RunDir, RunDirError, stored_options
+
+
+def auto_device(options):
+    return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Job:
+    """What search and train each define (see the module docstring)."""
+
+    command = None
+
+    def __init__(self, options, model, optimizer, scheduler, criterion, device):
+        self.options, self.model, self.optimizer = options, model, optimizer
+        self.scheduler, self.criterion, self.device = scheduler, criterion, device
+
+    def begin_epoch(self, epoch):
+        pass
+
+    def steps_per_epoch(self):
+        raise NotImplementedError
+
+    def batches(self):
+        """The batches of one epoch, each as ``step`` takes it."""
+        raise NotImplementedError
+
+    def step(self, batch, lr):
+        """One training step; returns (loss, logits, target) as tensors, unsynchronised."""
+        raise NotImplementedError
+
+    def eval_batches(self):
+        raise NotImplementedError
+
+    def extra_state(self):
+        return {}
+
+    def restore_extra(self, state):
+        pass
+
+    def tensors_to_check(self):
+        """The tensors that must stay finite (weights, and alphas for a search)."""
+        return list(self.model.parameters())
+
+    def write_outputs(self, run, log, epoch, rows):
+        pass
+
+    def describe(self):
+        raise NotImplementedError
+
+    def summary(self, run, epoch):
+        raise NotImplementedError
+
+
+def run(job):
+    """Runs ``job`` in its run folder; returns the exit code."""
+    options = job.options
+    stored = stored_options(options)
+    if options.resume:
+        folder = RunDir.reopen(options.resume, options.saved_config)
+    else:
+        folder = RunDir.create(options.run_dir, job.command, stored)
+    try:
+        state, rows = (folder.verify([k for k in stored if k not in RESUMABLE])
+                       if options.resume else (None, []))
+        start = _restore(job, state)
+        if start > options.epochs:
+            raise RunDirError(f"--epochs {options.epochs}: the run in {folder.path!r} has "
+                              f"already done {start} epochs")
+        if options.resume:
+            folder.update_options(stored)
+        log = RunLog(folder, job.command, start)
+        try:
+            if start:  # the outputs of the checkpointed epoch, in case a kill cut them short
+                _write_outputs(job, folder, log, start, rows)
+            log.info(f"{job.describe()}; run folder {folder.path}"
+                     + (f"; resuming after epoch {start}" if start else ""))
+            last = _epochs(job, folder, log, start, rows)
+        except KeyboardInterrupt:
+            done = folder.checkpoint_epoch
+            log.info(f"interrupted; {f'epoch {done} is checkpointed: ' if done else ''}"
+                     f"continue with darts-fast {job.command} --resume {folder.path}")
+            return 130
+        except Diverged as e:
+            log.info(f"stopped: {e}")
+            raise
+        finally:
+            log.close()
+        print(job.summary(folder, last))
+        return 0
+    finally:
+        folder.close()
+
+
+def _restore(job, state):
+    """Loads a checkpoint into the job; returns the epochs it had done (0 for a new run). The
+    RNG states go last, so that nothing after them draws from the generators."""
+    if state is None:
+        return 0
+    try:
+        job.model.load_state_dict(state["model"])
+        job.optimizer.load_state_dict(state["optimizer"])
+        job.scheduler.load_state_dict(state["scheduler"])
+        job.restore_extra(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise RunDirError(f"the checkpoint does not fit the model its configuration builds "
+                          f"({first}); refusing to resume") from None
+    _stretch_schedule(job.scheduler, job.options.epochs)
+    checkpoint.set_rng_states(state["rng"])
+    return state["epoch"]
+
+
+def _stretch_schedule(scheduler, epochs):
+    """A resumed run given other --epochs goes on with the cosine schedule of its new length:
+    the rate of epoch e becomes eta_min + (lr_0 - eta_min) (1 + cos(pi e / epochs)) / 2, from
+    which CosineAnnealingLR's own recursion carries on."""
+    if scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    e = scheduler.last_epoch
+    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * e / epochs))
+           / 2 for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
+def _epochs(job, folder, log, start, rows):
+    options = job.options
+    last = min(options.epochs, options.stop_after_epoch or options.epochs)
+    for epoch in range(start, last):
+        epoch_start = time.time()
+        lr = job.scheduler.get_last_lr()[0]
+        job.begin_epoch(epoch)
+        meter = Meter()
+        progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter)
+        try:
+            for batch in job.batches():
+                meter.add(*job.step(batch, lr))
+                progress.step()
+        except FloatingPointError as e:
+            raise Diverged(_diverged(folder, epoch, str(e))) from None
+        finally:
+            progress.close()
+        train_loss, train_acc = meter.means()
+        job.scheduler.step()
+        valid_loss, valid_acc = evaluate(job.model, job.eval_batches(), job.criterion)
+        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)
+                and _all_finite(job.tensors_to_check())):
+            raise Diverged(_diverged(folder, epoch, f"the loss or the weights are not finite "
+                                                    f"(train loss {train_loss:.4g})"))
+        rows.append({"epoch": str(epoch + 1), "lr": f"{lr:.6g}",
+                     "train_loss": f"{train_loss:.4f}", "train_acc": f"{train_acc:.2f}",
+                     "valid_loss": f"{valid_loss:.4f}", "valid_acc": f"{valid_acc:.2f}",
+                     "seconds": f"{time.time() - epoch_start:.1f}"})
+        folder.save_checkpoint({
+            "command": job.command, "run_id": folder.config["run_id"],
+            "options": folder.config["options"], "epoch": epoch + 1, "metrics": list(rows),
+            "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+            "scheduler": job.scheduler.state_dict(), **job.extra_state(),
+            "rng": checkpoint.rng_states(),
+        })
+        _write_outputs(job, folder, log, epoch + 1, rows)
+        log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
+                 f"acc {train_acc:.1f}% | valid loss {valid_loss:.3f} acc {valid_acc:.1f}% | "
+                 f"{rows[-1]['seconds']} s")
+    return last
+
+
+def _diverged(folder, epoch, what):
+    kept = (f"the checkpoint of epoch {folder.checkpoint_epoch} is kept in {folder.path}"
+            if folder.checkpoint_epoch else "no epoch had been checkpointed")
+    return f"epoch {epoch + 1} diverged: {what}; {kept}. A smaller --learning_rate may help"
+
+
+def _all_finite(tensors):
+    with torch.no_grad():
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _write_outputs(job, folder, log, epoch, rows):
+    folder.write_metrics(rows)
+    folder.write_bytes("curves.png", visualize.curves_png(rows))
+    log.scalars(epoch, rows[-1])
+    job.write_outputs(folder, log, epoch, rows)
+
+
+def evaluate(model, batches, criterion):
+    """(mean loss, accuracy in %) of ``model`` in eval mode over ``batches``."""
+    model.eval()
+    meter = Meter()
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            meter.add(criterion(logits, y), logits, y)
+    return meter.means()

@@ -1,0 +1,235 @@
+"""``darts-fast search`` (the original ``train_search.py``) and ``darts-fast train`` (the original
+``train.py``): the options, their checks, and the exit codes (0 done, 1 diverged, 2 bad input,
+130 interrupted). Every check of the options happens here or in the job's set-up, before the run
+folder is touched."""
+import argparse
+import math
+import sys
+
+import torch
+
+from ..genotypes import GenotypeError
+from . import search, train
+from .errors import Diverged, UsageError
+from .run_dir import NOT_STORED, RESUMABLE, read_config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, and the same path as every other bad input
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False, what=None):
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = math.isfinite(value)
+        ok = ok and (low is None or (value > low if low_open else value >= low))
+        ok = ok and (high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, what="a positive integer")
+non_negative_int = _number(int, 0, what="a non-negative integer")
+non_negative = _number(float, 0.0, what="a finite number >= 0")
+fraction = _number(float, 0.0, 1.0, high_open=True, what="a number in [0, 1)")
+portion = _number(float, 0.0, 1.0, low_open=True, high_open=True,
+                  what="a number strictly between 0 and 1")
+seed = _number(int, 0, 2**32 - 1, what="an integer seed in 0..4294967295")
+
+
+def device_name(text):
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return text
+
+
+def folder_name(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty name")
+    return text
+
+
+def _common_options(p, batch_size, epochs, init_channels, layers, seed_default):
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=["synthetic", "cifar10"], default=None,
+                      help="cifar10 (needs --data) or the offline synthetic default; "
+                           "default: cifar10 when --data is given, else synthetic")
+    data.add_argument("--data", type=folder_name, default=None,
+                      help="the CIFAR-10 python batches: their folder or cifar-10-python.tar.gz")
+    data.add_argument("--synthetic_size", type=positive_int, default=2000,
+                      help="number of synthetic training images (default %(default)s)")
+    data.add_argument("--loader", choices=["tensor", "dataloader"], default="tensor",
+                      help="tensor: the data set on the training device, batches augmented "
+                           "there (default); dataloader: torch DataLoader with --workers")
+    data.add_argument("--workers", type=non_negative_int, default=2,
+                      help="worker processes of --loader dataloader (default %(default)s)")
+    data.add_argument("--cutout", action="store_true", help="use cutout")
+    data.add_argument("--cutout_length", type=positive_int, default=16)
+    p.add_argument("--batch_size", type=positive_int, default=batch_size)
+    p.add_argument("--learning_rate", type=non_negative, default=0.025)
+    p.add_argument("--momentum", type=fraction, default=0.9)
+    p.add_argument("--weight_decay", type=non_negative, default=3e-4)
+    p.add_argument("--epochs", type=positive_int, default=epochs)
+    p.add_argument("--init_channels", type=positive_int, default=init_channels)
+    p.add_argument("--layers", type=positive_int, default=layers)
+    p.add_argument("--seed", type=seed, default=seed_default)
+    p.add_argument("--grad_clip", type=non_negative, default=5.0)
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    run = p.add_argument_group("run folder")
+    run.add_argument("--run_dir", type=folder_name, default=None,
+                     help="a new or empty folder for the outputs and checkpoints "
+                          "(default runs/<command>-<time>)")
+    run.add_argument("--resume", type=folder_name, metavar="RUN_DIR", default=None,
+                     help="continue the run in RUN_DIR from its last checkpoint with its own "
+                          f"options; only --{', --'.join(RESUMABLE)} may be given with it")
+    run.add_argument("--stop_after_epoch", type=positive_int, default=None,
+                     help="stop after this epoch (checkpointed); --resume continues the run")
+
+
+def build_parser():
+    parser = _Parser(prog="darts-fast", allow_abbrev=False,
+                     description="DARTS architecture search with fused kernels")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", allow_abbrev=False, help="search a cell architecture (the original train_search.py)")
+    _common_options(s, batch_size=64, epochs=50, init_channels=16, layers=8, seed_default=2)
+    s.add_argument("--learning_rate_min", type=non_negative, default=0.001)
+    s.add_argument("--train_portion", type=portion, default=0.5)
+    s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
+    s.add_argument("--arch_learning_rate", type=non_negative, default=3e-4)
+    s.add_argument("--arch_weight_decay", type=non_negative, default=1e-3)
+    s.add_argument("--reference", action="store_true",
+                   help="run the original algorithm (Python-sum MixedOp, original Architect)")
+    s.add_argument("--hessian", choices=["finite_difference", "exact"],
+                   default="finite_difference",
+                   help="second-order term: the original's finite difference, or the exact "
+                        "double-backward hypergradient (a different result)")
+    s.add_argument("--original_valid_sampling", action="store_true",
+                   help="draw each step's validation batch from a new iterator, as the original "
+                        "does (default: one iterator per epoch, every validation image once)")
+    s.set_defaults(job=search.run)
+
+    t = sub.add_parser("train", allow_abbrev=False, help="train a found architecture (the original train.py)")
+    _common_options(t, batch_size=96, epochs=600, init_channels=36, layers=20, seed_default=0)
+    t.add_argument("--genotype", default=None,
+                   help="a genotype JSON file, a name (DARTS, DARTS_V1, DARTS_V2) or the text "
+                        "Genotype(normal=[...], normal_concat=..., reduce=[...], ...)")
+    t.add_argument("--auxiliary", action="store_true", help="use the auxiliary tower")
+    t.add_argument("--auxiliary_weight", type=non_negative, default=0.4)
+    t.add_argument("--drop_path_prob", type=fraction, default=0.2)
+    t.set_defaults(job=train.run)
+    return parser, {"search": s, "train": t}
+
+
+def main(argv=None):
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    prog = "darts-fast" + (f" {argv[0]}" if argv and argv[0] in ("search", "train") else "")
+    try:
+        parser, commands = build_parser()
+        args = parser.parse_args(argv)
+        options = resolve_options(args, commands[args.command], argv[1:])
+        return args.job(options)
+    except (UsageError, GenotypeError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Jobs that hold a run folder report the interruption themselves.
+        print(f"\n{prog}: interrupted before anything was written", file=sys.stderr)
+        return 130
+
+
+def resolve_options(args, command_parser, argv):
+    """The options of a new run as parsed, or on --resume the run's saved options (checked again)
+    with the resumable ones given now; ``options.saved_config`` is the config.json read on
+    --resume (None for a new run)."""
+    options = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "job"})
+    options.saved_config = None
+    if not args.resume:
+        _check_data_options(options)
+        return options
+    given = _given(command_parser, argv) - {"resume"}
+    refused = sorted(given - set(RESUMABLE))
+    if refused:
+        raise UsageError(f"--resume {args.resume}: the run keeps its own options; "
+                         f"--{', --'.join(refused)} cannot change on resume (only "
+                         f"--{', --'.join(RESUMABLE)} can)")
+    config = read_config(args.resume, args.command)  # the job holds the folder before using it
+    overrides = {name: getattr(args, name) for name in given if name not in NOT_STORED}
+    saved = _parse_saved(command_parser, {**config["options"], **overrides}, args.resume)
+    saved.resume, saved.run_dir, saved.stop_after_epoch = args.resume, args.resume, \
+        args.stop_after_epoch
+    saved.command = args.command
+    saved.saved_config = config
+    if "data" in given and saved.dataset != "cifar10":
+        raise UsageError(f"--data: the run in {args.resume!r} uses the {saved.dataset} data set")
+    return saved
+
+
+def _check_data_options(options):
+    if options.dataset is None:
+        options.dataset = "cifar10" if options.data else "synthetic"
+    if options.dataset == "cifar10" and not options.data:
+        raise UsageError("--dataset cifar10 needs --data (the CIFAR-10 folder or archive)")
+    if options.dataset == "synthetic" and options.data:
+        raise UsageError("--data is for --dataset cifar10; the synthetic data set reads no "
+                         "files")
+
+
+def _given(command_parser, argv):
+    """The option names given on the command line (not left at their defaults)."""
+    names = set()
+    for action in command_parser._actions:
+        if any(a == s or a.startswith(s + "=") for a in argv for s in action.option_strings):
+            names.add(action.dest)
+    return names
+
+
+def _parse_saved(command_parser, saved, where):
+    """The saved options, put through the same checks as the command line."""
+    actions = {a.dest: a for a in command_parser._actions if a.option_strings}
+    expected = set(actions) - set(NOT_STORED) - {"help"}
+    unknown, missing = sorted(set(saved) - expected), sorted(expected - set(saved))
+    if unknown or missing:
+        raise UsageError(f"config.json in {where!r} is not a configuration of this darts-fast "
+                         f"version (unknown: {', '.join(unknown) or '-'}; missing: "
+                         f"{', '.join(missing) or '-'})")
+    argv = []
+    for name, value in saved.items():
+        action = actions[name]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UsageError(f"config.json in {where!r}: {name} must be true or false, "
+                                 f"got {value!r}")
+            argv += [action.option_strings[0]] if value else []
+        elif value is not None:
+            if isinstance(value, (dict, list, bool)):
+                raise UsageError(f"config.json in {where!r}: {name} has the wrong type "
+                                 f"({type(value).__name__})")
+            argv += [action.option_strings[0], str(value)]
+    try:
+        parsed = command_parser.parse_args(argv)
+    except UsageError as e:
+        raise UsageError(f"config.json in {where!r} holds a bad option: {e}") from None
+    parsed = argparse.Namespace(**{k: v for k, v in vars(parsed).items() if k != "job"})
+    _check_data_options(parsed)
+    return parsed

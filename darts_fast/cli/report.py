@@ -1,0 +1,88 @@
+"""What a run tells its user while it runs: a ``tqdm`` bar per epoch on a terminal, log lines (on
+stderr and in ``log.txt``), TensorBoard event files under ``tensorboard/`` (``tensorboard --logdir
+runs``) and the running means of loss and accuracy, kept on the device."""
+import logging
+import sys
+import time
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+LOG_FILE = "log.txt"
+TENSORBOARD = "tensorboard"
+
+
+class Meter:
+    """Sums of loss and correct predictions over an epoch, on the device: adding a step costs no
+    host synchronisation; ``means()`` costs one."""
+
+    def __init__(self):
+        self.loss = self.correct = None
+        self.n = 0
+
+    def add(self, loss, logits, target):
+        loss = loss.detach() * len(target)
+        correct = (logits.detach().argmax(1) == target).sum()
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.n += len(target)
+
+    def means(self):
+        """(mean loss, accuracy in %)."""
+        if self.n == 0:
+            return float("nan"), float("nan")
+        loss, correct = torch.stack([self.loss.float(), self.correct.float()]).tolist()
+        return loss / self.n, 100.0 * correct / self.n
+
+
+class Progress:
+    """A bar over one epoch's steps, live on a terminal only; its loss/accuracy postfix is read
+    from the device at most once a second."""
+
+    def __init__(self, epoch, epochs, steps, meter):
+        self.meter = meter
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                        file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        self.shown = time.monotonic()
+
+    def step(self):
+        self.bar.update(1)
+        if not self.bar.disable and time.monotonic() - self.shown >= 1.0:
+            loss, acc = self.meter.means()
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}%")
+            self.shown = time.monotonic()
+
+    def close(self):
+        self.bar.close()
+
+
+class RunLog:
+    """Log lines and TensorBoard events of one run; ``close()`` detaches both."""
+
+    def __init__(self, run, command, first_epoch):
+        self.logger = logging.getLogger(f"darts_fast.cli.{id(self)}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        screen = logging.StreamHandler(sys.stderr)
+        screen.setFormatter(logging.Formatter(f"darts-fast {command}: %(message)s"))
+        self.file = logging.FileHandler(run.file(LOG_FILE), encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self.logger.addHandler(screen)
+        self.logger.addHandler(self.file)
+        # A resumed run drops the events a stopped run wrote after its last checkpoint.
+        self.events = SummaryWriter(run.file(TENSORBOARD), purge_step=first_epoch + 1)
+
+    def info(self, message):
+        self.logger.info(message)
+
+    def scalars(self, epoch, row):
+        for key in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):
+            split, _, name = key.partition("_")
+            self.events.add_scalar(f"{name}/{split}" if name else key, float(row[key]), epoch)
+
+    def close(self):
+        self.events.close()
+        for handler in list(self.logger.handlers):
+            self.logger.removeHandler(handler)
+            handler.close()
