@@ -1,3 +1,4 @@
+"""The device fixture of the tests and the benchmarks: every device this machine has."""
 import pytest
 import torch
 
