@@ -90,7 +90,8 @@ def multi_tensor_update(name, impl, device):
 
     if name == "virtual_step":
         if impl == "fused":
-            fn = lambda: kernels.multi_tensor_virtual_step(out, w, g, buf, ETA, mu, wd)  # noqa: E731
+            def fn():
+                kernels.multi_tensor_virtual_step(out, w, g, buf, ETA, mu, wd)
         elif impl == "foreach":
             def fn():
                 moment = torch._foreach_mul(buf, mu)

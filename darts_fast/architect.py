@@ -129,7 +129,8 @@ class Architect:
         shadow = self._shadow_weights
         with torch.no_grad():
             kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
-                                          eta, self.network_momentum, self.network_weight_decay)
+                                              eta, self.network_momentum,
+                                              self.network_weight_decay)
 
         # The pass at w' must leave the model's BatchNorm statistics alone and, like the
         # original's freshly built model, runs in training mode.
@@ -173,7 +174,8 @@ class Architect:
         finally:
             _swap_in(params, weights)
         with torch.no_grad():
-            hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r, eta)
+            hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r,
+                                                               eta)
         return _none_where(unused, hypergrad), [loss_train, loss_valid, loss_pos, loss_neg]
 
 

@@ -2,7 +2,8 @@
 
 It holds the same candidate modules under the same names (``_ops.0`` ... ``_ops.7``) and computes
 the same ``sum_k w_k * op_k(x)``, with three differences in how, not what:
-  * the weighted sum and its backward are one fused kernel each (``darts_fast.kernels.weighted_sum``);
+  * the weighted sum and its backward are one fused kernel each
+    (``darts_fast.kernels.weighted_sum``);
   * ``none`` is neither computed nor stored: its term is exactly zero;
   * ``relu(x)``, the first step of every conv candidate, is computed once and shared.
 Identity (``skip_connect`` at stride 1) contributes ``x`` itself, without a copy.

@@ -11,6 +11,7 @@ optional cutout); and two loaders that feed a step:
 Both draw their randomness from torch's generators (the training device's for ``TensorLoader``),
 whose states the checkpoints keep, so a resumed run sees the same batches.
 """
+import functools
 import io
 import math
 import os
@@ -170,9 +171,16 @@ def augment(images, top, left, flip, cutout_centre=None, cutout_length=0):
 
 
 def normalize(x):
-    mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device):
+    # Made once per device: building them per batch would copy from the host, and wait for the
+    # device, on every step.
+    return (torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1))
 
 
 def random_augment(images, cutout_length):

@@ -32,6 +32,7 @@ class Job:
     """What search and train each define (see the module docstring)."""
 
     command = None
+    finished = None  # the summary's first words when every epoch is done
 
     def __init__(self, options, model, optimizer, scheduler, criterion, device):
         self.options, self.model, self.optimizer = options, model, optimizer
@@ -70,8 +71,18 @@ class Job:
     def describe(self):
         raise NotImplementedError
 
-    def summary(self, run, epoch):
+    def output_lines(self, run):
+        """The job's own outputs, one "name: where" line each, for the closing summary."""
         raise NotImplementedError
+
+    def summary(self, run, epoch):
+        done = epoch >= self.options.epochs
+        lines = [f"\n{self.finished if done else f'stopped after epoch {epoch}'}: {run.path}",
+                 *self.output_lines(run),
+                 f"metrics:   {run.file('metrics.csv')}; tensorboard --logdir {run.path}"]
+        if not done:
+            lines.append(f"continue:  darts-fast {self.command} --resume {run.path}")
+        return "\n  ".join(lines)
 
 
 def run(job):

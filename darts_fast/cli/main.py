@@ -108,7 +108,8 @@ def build_parser():
                      description="DARTS architecture search with fused kernels")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("search", allow_abbrev=False, help="search a cell architecture (the original train_search.py)")
+    s = sub.add_parser("search", allow_abbrev=False,
+                       help="search a cell architecture (the original train_search.py)")
     _common_options(s, batch_size=64, epochs=50, init_channels=16, layers=8, seed_default=2)
     s.add_argument("--learning_rate_min", type=non_negative, default=0.001)
     s.add_argument("--train_portion", type=portion, default=0.5)
@@ -126,7 +127,8 @@ def build_parser():
                         "does (default: one iterator per epoch, every validation image once)")
     s.set_defaults(job=search.run)
 
-    t = sub.add_parser("train", allow_abbrev=False, help="train a found architecture (the original train.py)")
+    t = sub.add_parser("train", allow_abbrev=False,
+                       help="train a found architecture (the original train.py)")
     _common_options(t, batch_size=96, epochs=600, init_channels=36, layers=20, seed_default=0)
     t.add_argument("--genotype", default=None,
                    help="a genotype JSON file, a name (DARTS, DARTS_V1, DARTS_V2) or the text "

@@ -45,6 +45,7 @@ def run(options):
 
 class SearchJob(loop.Job):
     command = "search"
+    finished = "search finished"
 
     def steps_per_epoch(self):
         return len(self.train_loader)
@@ -124,13 +125,8 @@ class SearchJob(loop.Job):
                 f"{self.device}, {o.dataset} data ({len(self.train_loader)} + "
                 f"{len(self.valid_loader)} batches of {o.batch_size}), {o.loader} loader")
 
-    def summary(self, run, epoch):
-        done = epoch >= self.options.epochs
-        return (f"\n{'search finished' if done else f'stopped after epoch {epoch}'}: "
-                f"{run.path}\n"
-                f"  genotype:  {run.file('genotype.json')} (and genotype.txt: "
-                f"{genotype_text(self.model.genotype())})\n"
-                f"  pictures:  {run.file('normal.png')}, {run.file('reduction.png')}, "
-                f"{run.file('alphas.png')}, {run.file('curves.png')}\n"
-                f"  metrics:   {run.file('metrics.csv')}; tensorboard --logdir {run.path}"
-                + ("" if done else f"\n  continue:  darts-fast search --resume {run.path}"))
+    def output_lines(self, run):
+        return [f"genotype:  {run.file('genotype.json')} (and genotype.txt: "
+                f"{genotype_text(self.model.genotype())})",
+                f"pictures:  {run.file('normal.png')}, {run.file('reduction.png')}, "
+                f"{run.file('alphas.png')}, {run.file('curves.png')}"]

@@ -35,6 +35,7 @@ def run(options):
 
 class TrainJob(loop.Job):
     command = "train"
+    finished = "training finished"
 
     def begin_epoch(self, epoch):
         self.model.drop_path_prob = self.options.drop_path_prob * epoch / self.options.epochs
@@ -75,10 +76,5 @@ class TrainJob(loop.Job):
                 f"{self.options.dataset} data ({len(self.train_loader)} batches of "
                 f"{self.options.batch_size}), {self.options.loader} loader")
 
-    def summary(self, run, epoch):
-        done = epoch >= self.options.epochs
-        return (f"\n{'training finished' if done else f'stopped after epoch {epoch}'}: "
-                f"{run.path}\n  final accuracy: {run.file('final.json')}\n"
-                f"  curves: {run.file('curves.png')}\n  metrics: {run.file('metrics.csv')}; "
-                f"tensorboard --logdir {run.path}"
-                + ("" if done else f"\n  continue:  darts-fast train --resume {run.path}"))
+    def output_lines(self, run):
+        return [f"accuracy:  {run.file('final.json')}", f"curves:    {run.file('curves.png')}"]
