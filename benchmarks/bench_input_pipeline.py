@@ -2,13 +2,11 @@
 sets it against the images per second of the search step it feeds."""
 import pytest
 
-from cases import PIPELINE_IMAGES, PIPELINE_LOADERS, input_pipeline
+from cases import PIPELINE_IMAGES, PIPELINE_LOADERS, input_pipeline, measure
 
 
 @pytest.mark.parametrize("impl", list(PIPELINE_LOADERS))
 def test_input_pipeline(benchmark, device, impl):
     benchmark.group = f"input pipeline {PIPELINE_IMAGES} images {device.type}"
-    run = input_pipeline(impl, device)
-    run()
-    count = benchmark.pedantic(run, rounds=3, iterations=1) if benchmark.enabled else run()
+    count = measure(benchmark, input_pipeline(impl, device), rounds=3)
     assert count == PIPELINE_IMAGES

@@ -3,7 +3,7 @@ algorithm, torch.compile of the original's network (CUDA), and darts_fast, in on
 import pytest
 import torch
 
-from cases import STEP_CONFIG, search_step
+from cases import STEP_CONFIG, measure, search_step
 
 
 @pytest.mark.parametrize("impl", ["reference", "compiled_reference", "fused"])
@@ -16,10 +16,8 @@ def test_search_step(benchmark, device, order, impl):
     benchmark.group = (f"search step {order} order Network({config['C']}, 10, "
                        f"{config['layers']}) batch {config['batch']} {device.type}")
     step = search_step(impl, device, unrolled=order == "second")
-    step()  # warm-up (and compilation)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    loss = benchmark.pedantic(step, rounds=3, iterations=1) if benchmark.enabled else step()
+    reset_peak = torch.cuda.reset_peak_memory_stats if device.type == "cuda" else None
+    loss = measure(benchmark, step, rounds=3, before=reset_peak)
     if device.type == "cuda":
         benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     assert torch.isfinite(loss)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from darts_fast import kernels
-from cases import synchronize
+from cases import measure, synchronize
 
 K = 8
 BATCH = 64
@@ -52,10 +52,7 @@ def test_weighted_sum_forward_backward(benchmark, device, shape, impl):
         synchronize(device)
         return result
 
-    for _ in range(2):  # warm-up (and compilation for the compiled baseline)
-        run()
-    grads = benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=1) \
-        if benchmark.enabled else run()
+    grads = measure(benchmark, run, rounds=20, warmup=3)  # warm-up: compilation, caches
     # Every implementation computes the same thing: check it against the float64 Python sum
     # (float32 reductions over ~10^6 terms differ from it by ~1e-4 relative).
     xs64 = [x.detach().double().requires_grad_() for x in xs]

@@ -22,6 +22,19 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+def measure(benchmark, run, rounds, warmup=1, before=None):
+    """``run`` timed by pytest-benchmark after ``warmup`` untimed calls (compilation, caches;
+    ``before`` runs between them and the timing); with benchmarks disabled, as in the test pass,
+    ``run`` runs once. Returns what the last call returned."""
+    if not benchmark.enabled:
+        return run()
+    for _ in range(warmup):
+        run()
+    if before is not None:
+        before()
+    return benchmark.pedantic(run, rounds=rounds, iterations=1)
+
+
 def search_step(impl, device, unrolled, batch=None, config=None):
     """One full search step (architect step, then the weight step on the same batch) with the
     fused classes ('fused'), the original algorithm ('reference'), or the original algorithm with

@@ -94,8 +94,8 @@ def run(job):
     else:
         folder = RunDir.create(options.run_dir, job.command, stored)
     try:
-        state, rows = (folder.verify([k for k in stored if k not in RESUMABLE])
-                       if options.resume else (None, []))
+        state, rows, behind = (folder.verify([k for k in stored if k not in RESUMABLE])
+                               if options.resume else (None, [], False))
         start = _restore(job, state)
         if start > options.epochs:
             raise RunDirError(f"--epochs {options.epochs}: the run in {folder.path!r} has "
@@ -104,7 +104,7 @@ def run(job):
             folder.update_options(stored)
         log = RunLog(folder, job.command, start)
         try:
-            if start:  # the outputs of the checkpointed epoch, in case a kill cut them short
+            if behind:  # a kill cut the checkpointed epoch's outputs short
                 _write_outputs(job, folder, log, start, rows)
             log.info(f"{job.describe()}; run folder {folder.path}"
                      + (f"; resuming after epoch {start}" if start else ""))
@@ -213,10 +213,11 @@ def _all_finite(tensors):
 
 
 def _write_outputs(job, folder, log, epoch, rows):
-    folder.write_metrics(rows)
+    # metrics.csv last: when it holds the epoch, so does every other output (see verify).
     folder.write_bytes("curves.png", visualize.curves_png(rows))
     log.scalars(epoch, rows[-1])
     job.write_outputs(folder, log, epoch, rows)
+    folder.write_metrics(rows)
 
 
 def evaluate(model, batches, criterion):

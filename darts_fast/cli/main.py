@@ -11,7 +11,7 @@ import torch
 from ..genotypes import GenotypeError
 from . import search, train
 from .errors import Diverged, UsageError
-from .run_dir import NOT_STORED, RESUMABLE, read_config
+from .run_dir import NOT_STORED, RESUMABLE, check_new_folder, read_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,6 +168,8 @@ def resolve_options(args, command_parser, argv):
     options.saved_config = None
     if not args.resume:
         _check_data_options(options)
+        if options.run_dir is not None:  # before the data is read; checked again once held
+            check_new_folder(options.run_dir)
         return options
     given = _given(command_parser, argv) - {"resume"}
     refused = sorted(given - set(RESUMABLE))

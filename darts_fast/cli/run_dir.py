@@ -69,7 +69,7 @@ class RunDir:
             path = _new_default_folder(command)
         else:
             made = not os.path.exists(path)
-            _refuse_outputs(path)
+            check_new_folder(path)
             try:
                 os.makedirs(path, exist_ok=True)
             except OSError as e:
@@ -78,7 +78,7 @@ class RunDir:
         try:
             run = cls(path, _hold(path), {"command": command, "run_id": uuid.uuid4().hex,
                                           "options": options})
-            _refuse_outputs(path)  # again, now that no other process can be writing here
+            check_new_folder(path)  # again, now that no other process can be writing here
             run.write_json(CONFIG, run.config)
             return run
         except BaseException:
@@ -109,8 +109,9 @@ class RunDir:
         self.write_json(CONFIG, self.config)
 
     def verify(self, fixed_options):
-        """The checkpoint state (None when the run stopped before its first checkpoint) and the
-        metrics rows, after checking that they belong to ``config`` and to each other.
+        """The checkpoint state (None when the run stopped before its first checkpoint), its
+        metrics rows, and whether the outputs on disk lag one epoch behind it, after checking that
+        they belong to ``config`` and to each other.
         ``fixed_options``: the option names that must equal the checkpoint's."""
         config = self.config
         ckpt = os.path.join(self.path, CHECKPOINT)
@@ -119,7 +120,7 @@ class RunDir:
             if rows:
                 raise RunDirError(f"{self.path!r} holds metrics of {len(rows)} epoch(s) but no "
                                   f"{CHECKPOINT}: it cannot be resumed (start a new run)")
-            return None, []
+            return None, [], False
         try:
             state = checkpoint.load(ckpt)
         except checkpoint.CheckpointError as e:
@@ -136,15 +137,15 @@ class RunDir:
             raise RunDirError(f"{CONFIG} in {self.path!r} differs from the checkpoint in "
                               f"{', '.join(changed)}: the file was edited; refusing to resume")
         epoch, saved_rows = state.get("epoch"), state.get("metrics")
-        # The checkpoint is written before metrics.csv: a run killed between the two leaves
-        # metrics.csv one epoch behind, never ahead.
+        # An epoch writes its checkpoint, then its outputs, metrics.csv last: a run killed in
+        # between leaves metrics.csv one epoch behind, never ahead.
         if not isinstance(epoch, int) or not isinstance(saved_rows, list) or \
                 len(saved_rows) != epoch or len(rows) not in (epoch - 1, epoch) or \
                 rows != saved_rows[:len(rows)]:
             raise RunDirError(f"{METRICS} in {self.path!r} does not match its checkpoint "
                               f"(epoch {epoch}, {len(rows)} metrics rows); refusing to resume")
         self.checkpoint_epoch = epoch
-        return state, list(saved_rows)
+        return state, list(saved_rows), len(rows) < epoch
 
     def close(self):
         self._lock.release()
@@ -266,7 +267,8 @@ def _hold(path):
     return lock
 
 
-def _refuse_outputs(path):
+def check_new_folder(path):
+    """Refuses a --run_dir that holds anything (a run's outputs or other files)."""
     if not os.path.exists(path):
         return
     if not os.path.isdir(path):
