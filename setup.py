@@ -6,7 +6,9 @@ The extension is built against the torch that is already installed, so install w
 Environment switches:
   FORCE_CUDA=1        build the CUDA kernels even when no GPU is visible (needs nvcc / CUDA_HOME)
   DARTS_FAST_CPU_ONLY=1  build the CPU kernels only, even when CUDA is available
-  TORCH_CUDA_ARCH_LIST   the usual torch variable; defaults to "8.0;9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST   the usual torch variable; with no GPU visible it defaults to
+                         "8.0;9.0+PTX" (machine code for A100 and H100/H200, and PTX of the
+                         highest that newer GPUs compile at load, as torch's own default does)
 """
 import glob
 import os
@@ -57,7 +59,7 @@ def _extension():
     )
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return cpp_extension.CUDAExtension(
             "darts_fast._C",

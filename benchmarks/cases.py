@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import darts_fast
 from darts_fast import kernels, reference
+from darts_fast.search_step import SearchStep
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)
@@ -35,40 +36,60 @@ def measure(benchmark, run, rounds, warmup=1, before=None):
     return benchmark.pedantic(run, rounds=rounds, iterations=1)
 
 
+SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused", "fused_graph",
+                     "fused_deterministic"]
+
+
 def search_step(impl, device, unrolled, batch=None, config=None):
-    """One full search step (architect step, then the weight step on the same batch) with the
-    fused classes ('fused'), the original algorithm ('reference'), or the original algorithm with
-    its network's forward compiled ('compiled_reference')."""
+    """One full search step (architect step, then the weight step on the same batch): the
+    original algorithm ('reference'), the original with its network's forward compiled
+    ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), captured into a CUDA
+    graph ('fused_graph', CUDA only), eager with deterministic algorithms ('fused_deterministic':
+    they stay on for the process)."""
     config = dict(config or STEP_CONFIG[torch.device(device).type])
     batch = batch or config["batch"]
     torch.manual_seed(0)
-    if impl == "fused":
-        model = darts_fast.Network(config["C"], 10, config["layers"], nn.CrossEntropyLoss())
-        architect_cls = darts_fast.Architect
-    else:
-        model = reference.Network(config["C"], 10, config["layers"], nn.CrossEntropyLoss())
-        architect_cls = reference.Architect
-    model = model.to(device)
+    fused = impl.startswith("fused")
+    network = darts_fast.Network if fused else reference.Network
+    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss()).to(device)
     if impl == "compiled_reference":
         model.forward = torch.compile(model.forward)
+    # cuDNN autotunes, as the original sets it, except under deterministic algorithms.
+    torch.use_deterministic_algorithms(impl == "fused_deterministic")
+    torch.backends.cudnn.benchmark = impl != "fused_deterministic"
     optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
                                 weight_decay=ARGS.weight_decay)
-    architect = architect_cls(model, ARGS)
+    architect = (darts_fast.Architect if fused else reference.Architect)(model, ARGS)
     g = torch.Generator().manual_seed(1)
     x, xv = (torch.randn(batch, 3, 32, 32, generator=g).to(device) for _ in range(2))
     y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+    if fused:
+        search = SearchStep(model, architect, optimizer, grad_clip=5, unrolled=unrolled,
+                            cuda_graph=impl == "fused_graph")
+
+        def body():
+            return search(x, y, xv, yv, ETA)[0]
+    else:
+        def body():
+            architect.step(x, y, xv, yv, ETA, optimizer, unrolled)
+            optimizer.zero_grad()
+            loss = model._loss(x, y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5)
+            optimizer.step()
+            return loss
 
     def step():
-        architect.step(x, y, xv, yv, ETA, optimizer, unrolled)
-        optimizer.zero_grad()
-        loss = model._loss(x, y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5)
-        optimizer.step()
+        loss = body()
         synchronize(device)
         return loss
 
     return step
+
+
+# Untimed calls before a step is timed: compilation, cuDNN's choices; the graph's warm-up steps
+# and its capture.
+STEP_WARMUP = {"fused_graph": 4}
 
 
 def mixed_op(impl, device, C=16, HW=32, stride=1, batch=64):

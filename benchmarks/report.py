@@ -6,6 +6,7 @@ batch size.
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ sys.path.insert(0, HERE)
 
 BASELINE_ORDER = ["reference", "compiled_reference", "python_sum", "compiled_python_sum",
                   "python_loop", "foreach"]
+OURS = ["fused", "fused_graph", "fused_deterministic"]
 
 
 def _rss_mb():
@@ -31,10 +33,12 @@ def _rss_mb():
 
 def child(spec):
     """Runs one search-step case in this (fresh) process: median step time and peak memory."""
-    from cases import search_step
+    from cases import STEP_WARMUP, search_step
 
     device = torch.device(spec["device"])
     step = search_step(spec["impl"], device, spec["unrolled"], batch=spec.get("batch"))
+    for _ in range(STEP_WARMUP.get(spec["impl"], 0)):
+        step()
     # The baseline is the set-up model, before any step: the peak then covers everything the
     # steps need (activations, optimizer state, the architect's copies) and glibc's reuse of
     # freed memory cannot hide part of it.
@@ -99,33 +103,151 @@ def table(benchmarks, bandwidth, memory):
     groups = {}
     for b in benchmarks:
         groups.setdefault(b["group"], []).append(b)
-    lines = ["| scenario | darts_fast median | baseline | baseline median | speed-up | "
-             "peak memory fused / baseline |", "|---|---|---|---|---|---|"]
+    lines = ["| scenario | darts_fast | median | baseline | baseline median | speed-up | "
+             "peak memory ours / baseline |", "|---|---|---|---|---|---|---|"]
     records = []
     for group, items in groups.items():
         by_impl = {impl_of(b): b for b in items}
-        fused = by_impl.get("fused")
-        if fused is None:
-            continue
-        f_med = fused["stats"]["median"]
-        note = ""
-        if "bytes_moved" in fused.get("extra_info", {}):
-            floor = fused["extra_info"]["bytes_moved"] / bandwidth
-            note = f" (floor {floor * 1e3:.2f} ms: {f_med / floor:.2f}x of it)"
-        for impl in BASELINE_ORDER:
-            if impl not in by_impl:
-                continue
-            b_med = by_impl[impl]["stats"]["median"]
-            mem = memory.get((group, impl))
-            mem_text = f"{memory[(group, 'fused')] / mem:.2f} ({memory[(group, 'fused')]:.0f} / " \
-                       f"{mem:.0f} MB)" if mem else "-"
-            lines.append(f"| {group} | {f_med * 1e3:.2f} ms{note} | {impl} | {b_med * 1e3:.2f} ms "
-                         f"| {b_med / f_med:.2f}x | {mem_text} |")
-            records.append({"scenario": group, "fused_median_s": f_med, "baseline": impl,
-                            "baseline_median_s": b_med, "speedup": b_med / f_med,
-                            "fused_peak_mb": memory.get((group, "fused")),
-                            "baseline_peak_mb": mem})
+        for ours in (o for o in OURS if o in by_impl):
+            f_med = by_impl[ours]["stats"]["median"]
+            note = ""
+            if "bytes_moved" in by_impl[ours].get("extra_info", {}):
+                floor = by_impl[ours]["extra_info"]["bytes_moved"] / bandwidth
+                note = f" (floor {floor * 1e3:.3f} ms: {f_med / floor:.2f}x of it)"
+            for impl in (i for i in BASELINE_ORDER if i in by_impl):
+                b_med = by_impl[impl]["stats"]["median"]
+                ours_mem, mem = memory.get((group, ours)), memory.get((group, impl))
+                mem_text = f"{ours_mem / mem:.2f} ({ours_mem:.0f} / {mem:.0f} MB)" \
+                    if ours_mem and mem else "-"
+                lines.append(f"| {group} | {ours} | {f_med * 1e3:.2f} ms{note} | {impl} | "
+                             f"{b_med * 1e3:.2f} ms | {b_med / f_med:.2f}x | {mem_text} |")
+                records.append({"scenario": group, "ours": ours, "median_s": f_med,
+                                "baseline": impl, "baseline_median_s": b_med,
+                                "speedup": b_med / f_med, "peak_mb": ours_mem,
+                                "baseline_peak_mb": mem,
+                                "baseline_first_call_s": by_impl[impl].get("extra_info", {})
+                                .get("first_call_s")})
     return "\n".join(lines), records
+
+
+def step_memory(benchmarks, device):
+    """Peak memory of each search-step case: on CUDA as the benchmark measured it (max allocated
+    over the case, model included); on the CPU the peak RSS of a fresh process running it."""
+    memory = {}
+    for b in benchmarks:
+        if not b["name"].startswith("test_search_step"):
+            continue
+        if device.type == "cuda":
+            memory[(b["group"], impl_of(b))] = b["extra_info"].get("peak_memory_mb")
+        else:
+            spec = {"impl": impl_of(b), "device": device.type,
+                    "unrolled": b["params"]["order"] == "second"}
+            memory[(b["group"], impl_of(b))] = run_child(spec)["peak_mb"]
+    return memory
+
+
+def weighted_sum_floor(device, shapes=None, repeats=50, sets=4):
+    """The fused weighted sum forward+backward (K=8, the DARTS shapes at batch 64) and the Python
+    sum's, timed apart from launch overhead against the copy floor: on CUDA each call is
+    captured into a CUDA graph and its replays timed with events, rotating over ``sets`` input
+    sets (more than the L2 cache holds); on the CPU timed directly."""
+    from bench_weighted_sum import BATCH, K, SHAPES, forward_backward, inputs, python_sum
+
+    from darts_fast import kernels
+
+    bandwidth = copy_bandwidth(device)
+    records = []
+    for shape in shapes or SHAPES:
+        input_sets = [inputs(shape, device) for _ in range(sets)]
+        numel = input_sets[0][0][0].numel()
+        floor = (3 * K + 2) * numel * 4 / bandwidth
+        row = {"shape": shape, "K": K, "batch": BATCH, "floor_s": floor}
+        for name, fn in (("fused", kernels.weighted_sum), ("python_sum", python_sum)):
+            calls = [functools.partial(forward_backward, fn, *args) for args in input_sets]
+            row[f"{name}_s"] = _time_calls(calls, device, repeats)
+        row["fused_over_floor"] = row["fused_s"] / floor
+        row["speedup_over_python_sum"] = row["python_sum_s"] / row["fused_s"]
+        records.append(row)
+    return records
+
+
+def _time_calls(calls, device, repeats):
+    """Median seconds of one call, rotating over ``calls`` (see weighted_sum_floor)."""
+    for call in calls:  # warm-up
+        call()
+    if device.type != "cuda":
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            calls[i % len(calls)]()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    graphs = []
+    for call in calls:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        graphs.append(graph)
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graphs[i % len(graphs)].replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+# The issue's targets for the CUDA report: (what, how to read it off the records, comparison,
+# threshold).
+TARGETS = [
+    ("second-order step, fused eager vs original", "second", "fused", "reference", ">=", 2.0),
+    ("second-order step, fused eager vs torch.compile of the original", "second", "fused",
+     "compiled_reference", ">=", 1.3),
+    ("second-order step, captured vs original", "second", "fused_graph", "reference", ">=", 4.0),
+    ("first-order step, fused eager vs original", "first", "fused", "reference", ">=", 2.0),
+]
+
+
+def targets_table(records, floor_records):
+    """Each target with its measured figure and whether it is met."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(what, value, op, threshold, unit="x"):
+        met = value >= threshold if op == ">=" else value <= threshold
+        lines.append(f"| {what} {op} {threshold}{unit} | {value:.2f}{unit} | "
+                     f"{'yes' if met else 'NO'} |")
+
+    steps = [r for r in records if r["scenario"].startswith("search step")]
+    for what, order, ours, baseline, op, threshold in TARGETS:
+        for r in steps:
+            if f" {order} order" in r["scenario"] and (r["ours"], r["baseline"]) == \
+                    (ours, baseline):
+                add(what, r["speedup"], op, threshold)
+    for r in steps:
+        if " second order" in r["scenario"] and r["ours"] == "fused" and \
+                r["baseline"] == "reference" and r["peak_mb"] and r["baseline_peak_mb"]:
+            add("second-order step, peak memory fused / original", r["peak_mb"] /
+                r["baseline_peak_mb"], "<=", 0.9)
+        if r["ours"] == "fused" and r["baseline"] == "compiled_reference" and \
+                r["baseline_first_call_s"]:
+            lines.append(f"| {r['scenario']}: torch.compile's first (compiling) step | "
+                         f"{r['baseline_first_call_s']:.1f} s | - |")
+        if r["ours"] == "fused_deterministic" and r["baseline"] == "reference":
+            lines.append(f"| {r['scenario']}: deterministic mode, step time vs eager fused | "
+                         f"{r['median_s'] / _median_of(steps, r['scenario'], 'fused'):.2f}x "
+                         f"| - |")
+    for r in floor_records:
+        add(f"weighted sum fwd+bwd K={r['K']} {r['shape']}: vs the Python sum",
+            r["speedup_over_python_sum"], ">=", 3.0)
+        add(f"weighted sum fwd+bwd K={r['K']} {r['shape']}: time / copy floor",
+            r["fused_over_floor"], "<=", 1.5)
+    return "\n".join(lines)
+
+
+def _median_of(steps, scenario, ours):
+    return next(r["median_s"] for r in steps if r["scenario"] == scenario and r["ours"] == ours)
 
 
 def pipeline_table(benchmarks, device):
@@ -175,8 +297,7 @@ def plot(device, batches, path):
     return results
 
 
-def update_results_md(device, section):
-    path = os.path.join(HERE, "RESULTS.md")
+def update_results_md(device, section, path=os.path.join(HERE, "RESULTS.md")):
     begin, end = f"<!-- {device.type} begin -->", f"<!-- {device.type} end -->"
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
     block = f"{begin}\n{section}\n{end}"
@@ -192,35 +313,42 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--out", default=os.path.join(HERE, "results"),
+                   help="where the JSON and markdown results go (default %(default)s)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
     device = torch.device(args.device)
-    out_dir = os.path.join(HERE, "results")
+    out_dir = args.out
     os.makedirs(out_dir, exist_ok=True)
     benchmarks = run_benchmarks(device, os.path.join(out_dir, f"pytest-{device.type}.json"))
     bandwidth = copy_bandwidth(device)
-    memory = {}
-    for b in benchmarks:
-        if b["name"].startswith("test_search_step"):
-            spec = {"impl": impl_of(b), "device": device.type,
-                    "unrolled": b["params"]["order"] == "second"}
-            memory[(b["group"], impl_of(b))] = run_child(spec)["peak_mb"]
+    memory = step_memory(benchmarks, device)
     text, records = table(benchmarks, bandwidth, memory)
     pipeline_text, pipeline_records = pipeline_table(benchmarks, device)
     text += ("\n\nThe command line's input pipeline alone (one pass of augmented images, batches "
              "of the step's size) against the search step it feeds:\n\n" + pipeline_text)
     records.append({"input_pipeline": pipeline_records})
+    if device.type == "cuda":
+        floor_records = weighted_sum_floor(device)
+        records.append({"weighted_sum_vs_floor": floor_records})
+        text = ("Targets (float32):\n\n" + targets_table(records[:-2], floor_records)
+                + "\n\nThe weighted-sum rows above: one forward+backward captured in a CUDA "
+                "graph, replays timed with CUDA events over 4 rotating input sets; the floor is "
+                "26 tensor-sized reads and writes at the measured copy bandwidth.\n\n" + text)
     header = (f"## {device.type.upper()}: {datetime.date.today().isoformat()}, "
               f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}"
               f" ({os.cpu_count()} cores), torch {torch.__version__}\n\n"
-              f"Command: `python benchmarks/report.py --device {device.type}`. Medians of "
+              f"Command: `python benchmarks/report.py --device {device.type}"
+              f"{' --no-plot' if args.no_plot else ''}`. Medians of "
               f"pytest-benchmark rounds, all cases of a table in one run. Copy bandwidth "
-              f"(read + write) {bandwidth / 1e9:.1f} GB/s. Peak memory: search steps only, each in "
-              f"a fresh process ({'CUDA max allocated' if device.type == 'cuda' else 'peak RSS'} "
-              f"above the set-up model, before its first step).\n")
+              f"(read + write) {bandwidth / 1e9:.1f} GB/s. Peak memory: search steps only, "
+              + ("CUDA max allocated over the whole case, model and optimizer state included "
+                 "(a captured step's memory pool too).\n" if device.type == "cuda" else
+                 "each in a fresh process (peak RSS above the set-up model, before its first "
+                 "step).\n"))
     section = header + "\n" + text
     if not args.no_plot:
         batches = args.batches or ([4, 8, 16, 32] if device.type == "cpu" else [16, 32, 64, 96])

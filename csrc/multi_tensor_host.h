@@ -50,14 +50,14 @@ inline void check_dense_outputs(const char* op, const char* name, at::TensorList
   }
 }
 
+// A 0-dim floating-point tensor on the tensors' device, or on the CPU (read there by value).
 inline void check_scalar_tensor(const char* op, const char* name, const at::Tensor& s,
                                 const at::Tensor& like) {
-  TORCH_CHECK(s.numel() == 1 && s.dim() == 0, op, ": ", name,
-              " must be a 0-dim tensor, got shape ", s.sizes());
+  TORCH_CHECK(s.dim() == 0, op, ": ", name, " must be a 0-dim tensor, got shape ", s.sizes());
   TORCH_CHECK(at::isFloatingType(s.scalar_type()), op, ": ", name,
               " must be a floating-point tensor, got ", s.scalar_type());
-  TORCH_CHECK(s.device() == like.device(), op, ": ", name, " is on ", s.device(),
-              " but the tensors are on ", like.device());
+  TORCH_CHECK(s.device() == like.device() || s.device().is_cpu(), op, ": ", name, " is on ",
+              s.device(), " but the tensors are on ", like.device(), " (a CPU scalar also works)");
 }
 
 inline void check_device_type(const char* op, at::TensorList ts, c10::DeviceType device_type) {
@@ -68,7 +68,7 @@ inline void check_device_type(const char* op, at::TensorList ts, c10::DeviceType
 // Checks of multi_tensor_virtual_step; returns whether momentum buffers were given.
 inline bool check_virtual_step_args(at::TensorList out, at::TensorList weights,
                                     at::TensorList grads, at::TensorList bufs,
-                                    c10::DeviceType device_type) {
+                                    const at::Tensor& eta, c10::DeviceType device_type) {
   const char* op = "multi_tensor_virtual_step";
   const bool has_buf = !bufs.empty();
   if (has_buf) {
@@ -77,7 +77,10 @@ inline bool check_virtual_step_args(at::TensorList out, at::TensorList weights,
   } else {
     check_tensor_lists(op, {{"out", out}, {"weights", weights}, {"grads", grads}});
   }
-  check_device_type(op, out, device_type);
+  if (!out.empty()) {
+    check_device_type(op, out, device_type);
+    check_scalar_tensor(op, "eta", eta, out[0]);
+  }
   check_dense_outputs(op, "out", out);
   return has_buf;
 }
@@ -96,6 +99,7 @@ inline void check_axpy_args(at::TensorList ys, at::TensorList xs, const at::Tens
 inline std::vector<at::Tensor> prepare_finite_difference(at::TensorList dalpha,
                                                          at::TensorList pos, at::TensorList neg,
                                                          const at::Tensor& r,
+                                                         const at::Tensor& eta,
                                                          c10::DeviceType device_type) {
   const char* op = "multi_tensor_finite_difference";
   check_tensor_lists(op, {{"dalpha", dalpha}, {"grads_pos", pos}, {"grads_neg", neg}});
@@ -104,8 +108,36 @@ inline std::vector<at::Tensor> prepare_finite_difference(at::TensorList dalpha,
   if (!dalpha.empty()) {
     check_device_type(op, dalpha, device_type);
     check_scalar_tensor(op, "r", r, dalpha[0]);
+    check_scalar_tensor(op, "eta", eta, dalpha[0]);
   }
   return outs;
+}
+
+// Checks of multi_tensor_revert_: tensor i of `saved` has the dtype, shape and device of
+// tensors[i] (any dtype, mixed across i); `keep` is a 0-dim bool tensor.
+inline void check_revert_args(at::TensorList tensors, at::TensorList saved, const at::Tensor& keep,
+                              c10::DeviceType device_type) {
+  const char* op = "multi_tensor_revert_";
+  TORCH_CHECK(saved.size() == tensors.size(), op, ": saved has ", saved.size(),
+              " tensors but tensors has ", tensors.size());
+  TORCH_CHECK(keep.dim() == 0 && keep.scalar_type() == at::kBool, op,
+              ": keep must be a 0-dim bool tensor, got ", keep.scalar_type(), " of shape ",
+              keep.sizes());
+  if (tensors.empty()) return;
+  check_device_type(op, tensors, device_type);
+  TORCH_CHECK(keep.device() == tensors[0].device() || keep.device().is_cpu(), op,
+              ": keep is on ", keep.device(), " but the tensors are on ", tensors[0].device());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(saved[i].scalar_type() == tensors[i].scalar_type() &&
+                    saved[i].sizes() == tensors[i].sizes() &&
+                    saved[i].device() == tensors[i].device() &&
+                    tensors[i].device() == tensors[0].device(),
+                op, ": saved[", i, "] (", saved[i].scalar_type(), " ", saved[i].sizes(), " on ",
+                saved[i].device(), ") must match tensors[", i, "] (", tensors[i].scalar_type(),
+                " ", tensors[i].sizes(), " on ", tensors[i].device(),
+                "), and all tensors must be on one device");
+  }
+  check_dense_outputs(op, "tensors", tensors);
 }
 
 // Inputs laid out like the reference list, element for element (see in_layout_of).

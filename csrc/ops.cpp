@@ -1,5 +1,5 @@
 // Schemas of every darts_fast operator, defined once. Kernels register per backend in
-// csrc/cpu and csrc/cuda; fake kernels and autograd are registered in darts_fast/ops.py.
+// csrc/cpu and csrc/cuda; fake kernels and autograd are registered in darts_fast/kernels.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -24,12 +24,16 @@ TORCH_LIBRARY(darts_fast, m) {
   // ys[i] += alpha * xs[i], alpha a 0-dim tensor.
   m.def("multi_tensor_axpy_(Tensor(a!)[] ys, Tensor[] xs, Tensor alpha) -> ()");
   // out[i] = weights[i] - eta * (momentum * momentum_buffers[i] + grads[i] + weight_decay *
-  // weights[i]); an empty momentum_buffers list stands for zeros.
+  // weights[i]); an empty momentum_buffers list stands for zeros. eta is a 0-dim tensor (on the
+  // device or the CPU), so a captured step replays with the learning rate of the moment.
   m.def(
       "multi_tensor_virtual_step(Tensor(a!)[] out, Tensor[] weights, Tensor[] grads, "
-      "Tensor[] momentum_buffers, float eta, float momentum, float weight_decay) -> ()");
-  // dalpha[i] - eta * (grads_pos[i] - grads_neg[i]) / (2 r), r a 0-dim tensor.
+      "Tensor[] momentum_buffers, Tensor eta, float momentum, float weight_decay) -> ()");
+  // dalpha[i] - eta * (grads_pos[i] - grads_neg[i]) / (2 r), r and eta 0-dim tensors.
   m.def(
       "multi_tensor_finite_difference(Tensor[] dalpha, Tensor[] grads_pos, Tensor[] grads_neg, "
-      "Tensor r, float eta) -> Tensor[]");
+      "Tensor r, Tensor eta) -> Tensor[]");
+  // tensors[i] = saved[i] for every i when `keep` (a 0-dim bool tensor) is false; nothing when
+  // it is true. Any dtype. Undoes a step on the device, without reading `keep` on the host.
+  m.def("multi_tensor_revert_(Tensor(a!)[] tensors, Tensor[] saved, Tensor keep) -> ()");
 }

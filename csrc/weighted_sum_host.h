@@ -78,7 +78,7 @@ inline ForwardArgs prepare_forward(at::TensorList xs_in, const at::Tensor& weigh
 // Outputs and kernel-ready arguments of weighted_sum_backward.
 struct BackwardArgs {
   std::vector<at::Tensor> grad_xs;  // one per flagged tensor of xs, in order
-  at::Tensor grad_weights;          // [K] zeros, or [0] when not wanted
+  at::Tensor grad_weights;          // [0] when not wanted; [K], set by the kernel otherwise
   at::Tensor grad;                  // in the common layout
   std::vector<at::Tensor> xs;       // in the common layout; empty without the weight gradient
   at::Tensor weights;               // in the accumulation dtype
@@ -99,12 +99,15 @@ inline BackwardArgs prepare_backward(const at::Tensor& grad_in, at::TensorList x
   for (int64_t k = 0; k < K; ++k) {
     if (xs_need_grad.get(k)) args.grad_xs.push_back(new_like_first(xs_in));
   }
-  args.grad_weights = weights_need_grad ? at::zeros({K}, weights.options())
-                                        : at::empty({0}, weights.options());
   // The gradients already carry the common layout; allocate a layout template only without them.
   const at::Tensor like = args.grad_xs.empty() ? new_like_first(xs_in) : args.grad_xs[0];
   args.numel = like.numel();
   args.nothing_to_compute = args.numel == 0 || (args.grad_xs.empty() && !weights_need_grad);
+  if (!weights_need_grad) {
+    args.grad_weights = at::empty({0}, weights.options());
+  } else if (args.nothing_to_compute) {  // empty inputs: a sum over no elements
+    args.grad_weights = at::zeros({K}, weights.options());
+  }
   if (args.nothing_to_compute) return args;
   args.grad = in_layout_of(grad_in, like);
   if (weights_need_grad) args.xs = in_layout_of(xs_in, like);

@@ -28,7 +28,11 @@ The numbers are the original's (within float rounding); what changes is how:
     :math:`w`, :math:`w+Rv`, :math:`w-Rv`; the pass at :math:`w'` runs on swapped-in scratch
     buffers, in training mode, as the original's fresh model does;
   * first order computes only the alpha gradient: unlike the original it leaves the weights'
-    ``.grad`` alone (the training loop zeroes those before its weight step anyway).
+    ``.grad`` alone (the training loop zeroes those before its weight step anyway);
+  * nothing is read on the host: a step whose losses or alpha gradient are not finite is undone
+    on the device and counted in ``skipped_steps`` (see ``darts_fast.skip``), where the original
+    would write nan into the alphas; ``eta`` may be a 0-dim device tensor. The step can thus be
+    captured into a CUDA graph (``darts_fast.search_step``).
 
 ``hessian="exact"`` replaces the finite difference by the exact mixed second derivative
 :math:`\nabla^2_{\alpha, w} L_{train}(w, \alpha)\, v` (double backward). It is a different result
@@ -38,6 +42,7 @@ mode the real model sees one training pass per step (at :math:`w`), not three.
 import torch
 
 from . import kernels
+from .skip import all_finite, allocate_like, copy_into, count_skip, state_tensors
 
 _HESSIANS = ("finite_difference", "exact")
 
@@ -67,16 +72,23 @@ class Architect:
         self.hessian = hessian
         self.optimizer = torch.optim.Adam(
             alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
-            weight_decay=args.arch_weight_decay,
+            weight_decay=args.arch_weight_decay, capturable=alphas[0].is_cuda,
         )
         self._shadow_weights = None
         self._shadow_buffers = None
         self._saved_buffers = None
+        self._saved_adam = None
+        self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
 
     def step(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer,
              unrolled):
-        """One architecture step. On a non-finite loss or gradient it raises FloatingPointError
-        and leaves weights, BatchNorm statistics and alphas as they were."""
+        """One architecture step. ``eta`` (the weights' learning rate) is a number or a 0-dim
+        tensor; a device tensor lets a captured step replay with the rate of the moment.
+
+        No host synchronisation. When a loss or the alpha gradient is not finite, the step is
+        undone on the device, the way ``torch.amp.GradScaler`` skips an optimizer step: weights,
+        BatchNorm statistics, alphas and Adam's state stay as they were, and ``skipped_steps``
+        (a 0-dim tensor on the alphas' device) counts it."""
         _check_batch("train", input_train, target_train)
         _check_batch("valid", input_valid, target_valid)
         if input_train.shape[1:] != input_valid.shape[1:]:
@@ -87,31 +99,46 @@ class Architect:
         self.optimizer.zero_grad()
         alphas = list(self.model.arch_parameters())
         buffers = list(self.model.buffers())
-        self._saved_buffers = _copy_into(self._saved_buffers, buffers)
+        self._saved_buffers = copy_into(self._saved_buffers, buffers)
         try:
             if unrolled:
                 grads, checks = self._unrolled_grads(input_train, target_train, input_valid,
-                                                     target_valid, float(eta), network_optimizer)
+                                                     target_valid, eta, network_optimizer)
             else:
                 loss = self.model._loss(input_valid, target_valid)
                 grads = torch.autograd.grad(loss, alphas, allow_unused=True)
                 checks = [loss]
-            finite = torch.stack([c.detach().float().sum() for c in (*checks, *grads)
-                                  if c is not None])
-            if not bool(torch.isfinite(finite).all()):
-                raise FloatingPointError(
-                    "Architect.step: a loss or the alpha gradient is not finite (nan or inf); "
-                    "weights, BatchNorm statistics and alphas are left as they were"
-                )
         except BaseException:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, self._saved_buffers)
             raise
+        finite = all_finite([*checks, *(g for g in grads if g is not None)])
         # An alpha that takes no part in the loss (the normal cells' alphas of a network made only
         # of reduction cells) keeps no gradient, and Adam leaves it alone, as in the original.
         for alpha, grad in zip(alphas, grads):
             alpha.grad = grad
+        targets, saved = self._adam_step(alphas)
+        with torch.no_grad():
+            kernels.multi_tensor_revert_(buffers + targets, self._saved_buffers + saved, finite)
+            self.skipped_steps = count_skip(self.skipped_steps, finite)
+
+    def _adam_step(self, alphas):
+        """Adam's step on the alphas. Returns the tensors it changed (alphas and their Adam
+        state) and their values before it, for a revert. The state Adam creates on its first
+        step is all zeros (step count included): its value before is zeros."""
+        state = self.optimizer.state
+        if alphas[0].is_cuda:  # the step count on the device, so that a revert can reach it
+            for group in self.optimizer.param_groups:
+                group["capturable"] = True
+            for a in alphas:  # a state loaded from a CPU run keeps its count on the CPU
+                if "step" in state.get(a, {}) and state[a]["step"].device != a.device:
+                    state[a]["step"] = state[a]["step"].to(a.device, torch.float32)
+        fresh = {id(a) for a in alphas if a.grad is not None and not state.get(a)}
+        before = alphas + state_tensors(self.optimizer, [a for a in alphas if id(a) not in fresh])
+        self._saved_adam = copy_into(self._saved_adam, before)
         self.optimizer.step()
+        created = state_tensors(self.optimizer, [a for a in alphas if id(a) in fresh])
+        return before + created, self._saved_adam + [torch.zeros_like(t) for t in created]
 
     def _unrolled_grads(self, input_train, target_train, input_valid, target_valid, eta,
                         network_optimizer):
@@ -125,7 +152,7 @@ class Architect:
         loss_train = model._loss(input_train, target_train)
         grad_w = torch.autograd.grad(loss_train, params, create_graph=exact)
         weights = [p.data for p in params]
-        self._shadow_weights = _allocate_like(self._shadow_weights, weights)
+        self._shadow_weights = allocate_like(self._shadow_weights, weights)
         shadow = self._shadow_weights
         with torch.no_grad():
             kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
@@ -135,7 +162,7 @@ class Architect:
         # The pass at w' must leave the model's BatchNorm statistics alone and, like the
         # original's freshly built model, runs in training mode.
         buffers = list(model.buffers())
-        self._shadow_buffers = _copy_into(self._shadow_buffers, buffers)
+        self._shadow_buffers = copy_into(self._shadow_buffers, buffers)
         buffer_data = [b.data for b in buffers]
         was_training = model.training
         try:
@@ -228,23 +255,6 @@ def _zeros_for_none(grads, inputs):
 
 def _none_where(unused, grads):
     return [None if u else g for u, g in zip(unused, grads)]
-
-
-def _allocate_like(shadow, tensors):
-    """Persistent tensors shaped like `tensors`, reallocated only when the model changes."""
-    if shadow is None or len(shadow) != len(tensors) or any(
-        s.shape != t.shape or s.dtype != t.dtype or s.device != t.device or
-        s.stride() != t.stride() for s, t in zip(shadow, tensors)
-    ):
-        shadow = [torch.empty_like(t) for t in tensors]
-    return shadow
-
-
-def _copy_into(shadow, tensors):
-    shadow = _allocate_like(shadow, tensors)
-    with torch.no_grad():
-        torch._foreach_copy_(shadow, tensors)
-    return shadow
 
 
 def _swap_in(tensors, data):

@@ -3,8 +3,8 @@ genotype, an auxiliary head, drop path."""
 import torch
 import torch.nn as nn
 
-from .operations import (OPS, FactorizedReduce, Identity, ReLUConvBN, forward_fast,
-                         reduction_cells, stem)
+from .operations import (OPS, FactorizedReduce, GlobalAvgPool, Identity, ReLUConvBN,
+                         forward_fast, reduction_cells, stem)
 
 
 def drop_path(x, drop_prob):
@@ -104,7 +104,7 @@ class NetworkCIFAR(nn.Module):
                 C_to_auxiliary = C_prev
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_to_auxiliary, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, input):

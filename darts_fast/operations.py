@@ -134,6 +134,15 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+class GlobalAvgPool(nn.Module):
+    """The networks' global pooling: ``nn.AdaptiveAvgPool2d(1)``'s numbers, as a mean over H and W.
+    Its backward is deterministic on CUDA (adaptive pooling's is not, and raises under
+    ``torch.use_deterministic_algorithms``)."""
+
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True)
+
+
 def candidate_ops(C, stride, primitives):
     """The candidate operations of one mixed edge, in ``primitives`` order. Pools are followed by
     a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``."""

@@ -26,12 +26,13 @@ class MixedOp(nn.Module):
 
 class Network(_Network):
     """The search network with the reference (Python-sum) mixed operation, in the input's own
-    memory layout, as the original."""
+    memory layout, with the original's adaptive global pooling."""
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, mixed_op=MixedOp, memory_format=None):
         super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
                          mixed_op=mixed_op, memory_format=memory_format)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
 
 def _concat(xs):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .genotypes import PRIMITIVES, Genotype
 from .mixed_op import MixedOp
-from .operations import FactorizedReduce, ReLUConvBN, is_reduction, stem
+from .operations import FactorizedReduce, GlobalAvgPool, ReLUConvBN, is_reduction, stem
 
 
 class Cell(nn.Module):
@@ -92,7 +92,7 @@ class Network(nn.Module):
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
         self._initialize_alphas()
 

@@ -104,14 +104,73 @@ def test_opcheck(device):
         return fuzzed_list(list(sizes), seed, torch.float32, device)
 
     r = torch.tensor(0.5, device=device)
-    torch.library.opcheck(torch.ops.darts_fast.multi_tensor_norm, (lst(1),))
-    torch.library.opcheck(torch.ops.darts_fast.multi_tensor_axpy_, (lst(1), lst(2), r))
-    torch.library.opcheck(torch.ops.darts_fast.multi_tensor_virtual_step,
-                          (lst(1), lst(2), lst(3), lst(4), 0.1, 0.9, 3e-4))
-    torch.library.opcheck(torch.ops.darts_fast.multi_tensor_virtual_step,
-                          (lst(1), lst(2), lst(3), [], 0.1, 0.9, 3e-4))
-    torch.library.opcheck(torch.ops.darts_fast.multi_tensor_finite_difference,
-                          (lst(1), lst(2), lst(3), r, 0.025))
+    eta_cpu, eta_device = torch.tensor(0.1, dtype=torch.float64), torch.tensor(0.1, device=device)
+    ops = torch.ops.darts_fast
+    torch.library.opcheck(ops.multi_tensor_norm, (lst(1),))
+    torch.library.opcheck(ops.multi_tensor_axpy_, (lst(1), lst(2), r))
+    for eta in (eta_cpu, eta_device):
+        torch.library.opcheck(ops.multi_tensor_virtual_step,
+                              (lst(1), lst(2), lst(3), lst(4), eta, 0.9, 3e-4))
+        torch.library.opcheck(ops.multi_tensor_virtual_step,
+                              (lst(1), lst(2), lst(3), [], eta, 0.9, 3e-4))
+        torch.library.opcheck(ops.multi_tensor_finite_difference,
+                              (lst(1), lst(2), lst(3), r, eta))
+    for keep in (True, False):
+        torch.library.opcheck(ops.multi_tensor_revert_,
+                              (lst(1), lst(2), torch.tensor(keep, device=device)))
+
+
+def test_eta_as_number_cpu_scalar_or_device_tensor_agree(device):
+    """A captured step passes eta as a device tensor; the result has the bits of a float eta."""
+    sizes = fuzzed_sizes(14, count=30)
+    w, g, b, d, p, n = (fuzzed_list(sizes, s, torch.float32, device) for s in range(15, 21))
+    r = torch.tensor(0.003, device=device)
+    steps, diffs = [], []
+    for eta in (0.025, torch.tensor(0.025, dtype=torch.float64),
+                torch.tensor(0.025, device=device), torch.tensor(0.025, device=device).double()):
+        out = [torch.empty_like(t) for t in w]
+        kernels.multi_tensor_virtual_step(out, w, g, b, eta, 0.9, 3e-4)
+        steps.append(out)
+        diffs.append(kernels.multi_tensor_finite_difference(d, p, n, r, eta))
+    for results in (steps, diffs):
+        for other in results[1:]:
+            assert all(torch.equal(x, y) for x, y in zip(results[0], other))
+
+
+def test_revert(device):
+    """Mixed dtypes (BatchNorm's int64 counter, bool, float16), layouts that differ between a
+    tensor and its saved copy, empty tensors; keep=True leaves every bit, keep=False restores."""
+    g = torch.Generator().manual_seed(21)
+
+    def make():
+        return [torch.randn(3, 4, 5, 6, generator=g).to(device)
+                .contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 2**40, (7,), generator=g).to(device),
+                torch.rand(CHUNK + 5, generator=g).to(device) > 0.5,
+                torch.randn(2 * CHUNK + 1, generator=g).to(device, torch.float16),
+                torch.empty(0, device=device),
+                torch.tensor(3.5, device=device)]
+
+    tensors, saved = make(), make()
+    saved[0] = saved[0].contiguous()  # another layout than tensors[0]
+    before = [t.clone() for t in tensors]
+    kernels.multi_tensor_revert_(tensors, saved, torch.tensor(True, device=device))
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+    kernels.multi_tensor_revert_(tensors, saved, torch.tensor(False))  # a CPU flag works too
+    assert all(torch.equal(t, s) for t, s in zip(tensors, saved))
+    assert tensors[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_revert_bad_input():
+    keep = torch.tensor(False)
+    with pytest.raises(RuntimeError, match="keep must be a 0-dim bool tensor"):
+        kernels.multi_tensor_revert_([torch.ones(2)], [torch.zeros(2)], torch.tensor(0.0))
+    with pytest.raises(RuntimeError, match=r"saved\[0\] \(Long.*must match tensors\[0\]"):
+        kernels.multi_tensor_revert_([torch.ones(2)], [torch.zeros(2, dtype=torch.long)], keep)
+    with pytest.raises(RuntimeError, match="saved has 0 tensors but tensors has 1"):
+        kernels.multi_tensor_revert_([torch.ones(2)], [], keep)
+    with pytest.raises(RuntimeError, match=r"tensors\[0\] is written in place"):
+        kernels.multi_tensor_revert_([torch.ones(1).expand(2)], [torch.zeros(2)], keep)
 
 
 class TestBadInput:
@@ -147,12 +206,12 @@ class TestBadInput:
             kernels.multi_tensor_axpy_([y], [torch.ones(4)], torch.tensor(1.0))
 
     @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
-    def test_mixed_devices(self):
+    def test_cuda_mixed_devices(self):
         with pytest.raises(RuntimeError, match=r"tensors\[1\] is on cuda.*one device"):
             kernels.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])
 
 
-@pytest.mark.parametrize("op", ["norm", "axpy", "virtual_step", "finite_difference"])
+@pytest.mark.parametrize("op", ["norm", "axpy", "virtual_step", "finite_difference", "revert"])
 def test_meta_among_cpu_tensors_is_refused(op):
     cpu, meta = [torch.ones(3)], [torch.ones(3, device="meta")]
     calls = {
@@ -162,6 +221,7 @@ def test_meta_among_cpu_tensors_is_refused(op):
                                                                   0.0),
         "finite_difference": lambda: kernels.multi_tensor_finite_difference(
             cpu, cpu, cpu, torch.tensor(1.0, device="meta"), 0.1),
+        "revert": lambda: kernels.multi_tensor_revert_(cpu, meta, torch.tensor(False)),
     }
     with pytest.raises(RuntimeError, match="on meta but .* is on cpu|on cpu but .* is on meta"):
         calls[op]()

@@ -61,6 +61,21 @@ def test_reduced_precision_accumulates_in_float32(device, dtype):
         assert rel_err(a, b) < 2 * eps
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("K", [9, 17])
+def test_reduced_precision_sum_is_rounded_once(device, dtype, K):
+    """More inputs than one kernel launch takes (8): the running sum must stay in float32 between
+    launches. Large terms that cancel expose a sum rounded to 16 bits in between: with K=9,
+    [1000, 0.3 x 7, -1000] gives 2.0996 in float16, and 2.0 if the sum is rounded after 8."""
+    xs = [torch.full((3, 1000), v, device=device).to(dtype)
+          for v in [1000.0] + [0.3] * (K - 2) + [-1000.0]]
+    w = torch.ones(K, device=device)
+    out = kernels.weighted_sum(xs, w)
+    # The oracle: the exact sum of the same 16-bit inputs, rounded once.
+    expected = torch.stack([x.double() for x in xs]).sum(0).to(dtype)
+    assert torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "mixed"])
 def test_any_memory_layout(device, layout):
     xs, w = make(4, (2, 6, 5, 7), torch.float64, device, requires_grad=False)
@@ -185,7 +200,7 @@ class TestBadInput:
             kernels.weighted_sum([torch.ones(2), torch.ones(2)], torch.ones(2, dtype=torch.float64))
 
     @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
-    def test_device_mismatch(self):
+    def test_cuda_device_mismatch(self):
         with pytest.raises(RuntimeError, match=r"xs\[1\] is on cuda"):
             kernels.weighted_sum([torch.ones(2), torch.ones(2, device="cuda")], torch.ones(2))
         with pytest.raises(RuntimeError, match="weights is on cpu"):

@@ -1,4 +1,4 @@
-// CPU kernels of the multi-tensor ops: norm, axpy_, virtual_step, finite_difference.
+// CPU kernels of the multi-tensor ops: norm, axpy_, virtual_step, finite_difference, revert_.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -119,10 +119,10 @@ void multi_tensor_axpy_cpu(at::TensorList ys, at::TensorList xs_in, const at::Te
 }
 
 void multi_tensor_virtual_step_cpu(at::TensorList out, at::TensorList weights_in,
-                                   at::TensorList grads_in, at::TensorList bufs_in, double eta,
-                                   double momentum, double weight_decay) {
+                                   at::TensorList grads_in, at::TensorList bufs_in,
+                                   const at::Tensor& eta, double momentum, double weight_decay) {
   const bool has_buf =
-      check_virtual_step_args(out, weights_in, grads_in, bufs_in, c10::DeviceType::CPU);
+      check_virtual_step_args(out, weights_in, grads_in, bufs_in, eta, c10::DeviceType::CPU);
   if (out.empty()) return;
   const auto w = in_layouts_of(weights_in, out);
   const auto g = in_layouts_of(grads_in, out);
@@ -136,7 +136,7 @@ void multi_tensor_virtual_step_cpu(at::TensorList out, at::TensorList weights_in
     const auto wp = const_ptrs<scalar_t>(w);
     const auto gp = const_ptrs<scalar_t>(g);
     const auto bp = const_ptrs<scalar_t>(b);
-    const acc_t e = static_cast<acc_t>(eta), mu = static_cast<acc_t>(momentum),
+    const acc_t e = eta.item<acc_t>(), mu = static_cast<acc_t>(momentum),
                 wd = static_cast<acc_t>(weight_decay);
     for_each_chunk(chunks, [&](int64_t, const Chunk& ch) {
       const int64_t t = ch.tensor;
@@ -152,9 +152,10 @@ void multi_tensor_virtual_step_cpu(at::TensorList out, at::TensorList weights_in
 std::vector<at::Tensor> multi_tensor_finite_difference_cpu(at::TensorList dalpha,
                                                            at::TensorList pos_in,
                                                            at::TensorList neg_in,
-                                                           const at::Tensor& r, double eta) {
+                                                           const at::Tensor& r,
+                                                           const at::Tensor& eta) {
   std::vector<at::Tensor> outs =
-      prepare_finite_difference(dalpha, pos_in, neg_in, r, c10::DeviceType::CPU);
+      prepare_finite_difference(dalpha, pos_in, neg_in, r, eta, c10::DeviceType::CPU);
   if (dalpha.empty()) return outs;
   const auto d = in_layouts_of(dalpha, outs);
   const auto p = in_layouts_of(pos_in, outs);
@@ -163,7 +164,7 @@ std::vector<at::Tensor> multi_tensor_finite_difference_cpu(at::TensorList dalpha
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outs[0].scalar_type(),
                                   "multi_tensor_finite_difference_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t rr = r.item<acc_t>(), e = static_cast<acc_t>(eta);
+    const acc_t rr = r.item<acc_t>(), e = eta.item<acc_t>();
     const auto o = mutable_ptrs<scalar_t>(outs);
     const auto dp = const_ptrs<scalar_t>(d);
     const auto pp = const_ptrs<scalar_t>(p);
@@ -180,6 +181,13 @@ std::vector<at::Tensor> multi_tensor_finite_difference_cpu(at::TensorList dalpha
   return outs;
 }
 
+void multi_tensor_revert_cpu(at::TensorList tensors, at::TensorList saved,
+                             const at::Tensor& keep) {
+  check_revert_args(tensors, saved, keep, c10::DeviceType::CPU);
+  if (tensors.empty() || keep.item<bool>()) return;
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].copy_(saved[i]);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(darts_fast, CPU, m) {
@@ -187,6 +195,7 @@ TORCH_LIBRARY_IMPL(darts_fast, CPU, m) {
   m.impl("multi_tensor_axpy_", &multi_tensor_axpy_cpu);
   m.impl("multi_tensor_virtual_step", &multi_tensor_virtual_step_cpu);
   m.impl("multi_tensor_finite_difference", &multi_tensor_finite_difference_cpu);
+  m.impl("multi_tensor_revert_", &multi_tensor_revert_cpu);
 }
 
 }  // namespace darts_fast

@@ -1,4 +1,4 @@
-// CUDA kernels of the multi-tensor ops: norm, axpy_, virtual_step, finite_difference.
+// CUDA kernels of the multi-tensor ops: norm, axpy_, virtual_step, finite_difference, revert_.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,6 +14,24 @@
 
 namespace darts_fast {
 namespace {
+
+// A 0-dim tensor argument of a kernel: read from device memory when the tensor is on the GPU (no
+// host synchronisation, and a captured graph replays with the value of the moment), passed by
+// value when it is a CPU scalar.
+template <typename T>
+struct ScalarArg {
+  const T* ptr;
+  T value;
+  __device__ T get() const { return ptr ? *ptr : value; }
+};
+
+// `converted` keeps the device copy in the kernel's type alive until the launch is enqueued.
+template <typename T>
+ScalarArg<T> scalar_arg(const at::Tensor& s, at::Tensor* converted) {
+  if (s.device().is_cpu()) return {nullptr, s.item<T>()};
+  *converted = s.to(c10::CppTypeToScalarType<T>::value);
+  return {converted->const_data_ptr<T>(), T(0)};
+}
 
 template <typename scalar_t>
 struct SumOfSquaresFunctor {
@@ -46,12 +64,12 @@ __global__ void finish_norm_kernel(const acc_t* __restrict__ partials, int64_t c
 template <typename scalar_t>
 struct AxpyFunctor {
   using acc_t = at::opmath_type<scalar_t>;
-  __device__ void operator()(const TensorListMeta<2>& meta, const acc_t* alpha) const {
+  __device__ void operator()(const TensorListMeta<2>& meta, ScalarArg<acc_t> alpha) const {
     int64_t begin, end;
     const int t = chunk_range(meta, &begin, &end);
     scalar_t* y = static_cast<scalar_t*>(meta.addresses[0][t]);
     const scalar_t* x = static_cast<const scalar_t*>(meta.addresses[1][t]);
-    const acc_t a = *alpha;
+    const acc_t a = alpha.get();
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       y[i] = static_cast<scalar_t>(axpy(static_cast<acc_t>(y[i]), a, static_cast<acc_t>(x[i])));
     }
@@ -62,8 +80,8 @@ struct AxpyFunctor {
 template <typename scalar_t, int depth>
 struct VirtualStepFunctor {
   using acc_t = at::opmath_type<scalar_t>;
-  __device__ void operator()(const TensorListMeta<depth>& meta, acc_t eta, acc_t mu,
-                             acc_t wd) const {
+  __device__ void operator()(const TensorListMeta<depth>& meta, ScalarArg<acc_t> eta_arg,
+                             acc_t mu, acc_t wd) const {
     int64_t begin, end;
     const int t = chunk_range(meta, &begin, &end);
     scalar_t* out = static_cast<scalar_t*>(meta.addresses[0][t]);
@@ -71,6 +89,7 @@ struct VirtualStepFunctor {
     const scalar_t* g = static_cast<const scalar_t*>(meta.addresses[2][t]);
     const scalar_t* buf = depth == 4 ? static_cast<const scalar_t*>(meta.addresses[depth - 1][t])
                                      : nullptr;
+    const acc_t eta = eta_arg.get();
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       const acc_t b = buf ? static_cast<acc_t>(buf[i]) : acc_t(0);
       out[i] = static_cast<scalar_t>(virtual_sgd_step(static_cast<acc_t>(w[i]),
@@ -83,20 +102,39 @@ struct VirtualStepFunctor {
 template <typename scalar_t>
 struct FiniteDifferenceFunctor {
   using acc_t = at::opmath_type<scalar_t>;
-  __device__ void operator()(const TensorListMeta<4>& meta, const acc_t* r, acc_t eta) const {
+  __device__ void operator()(const TensorListMeta<4>& meta, ScalarArg<acc_t> r,
+                             ScalarArg<acc_t> eta_arg) const {
     int64_t begin, end;
     const int t = chunk_range(meta, &begin, &end);
     scalar_t* out = static_cast<scalar_t*>(meta.addresses[0][t]);
     const scalar_t* d = static_cast<const scalar_t*>(meta.addresses[1][t]);
     const scalar_t* p = static_cast<const scalar_t*>(meta.addresses[2][t]);
     const scalar_t* n = static_cast<const scalar_t*>(meta.addresses[3][t]);
-    const acc_t rr = *r;
+    const acc_t rr = r.get(), eta = eta_arg.get();
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       out[i] = static_cast<scalar_t>(finite_difference_hypergrad(
           static_cast<acc_t>(d[i]), static_cast<acc_t>(p[i]), static_cast<acc_t>(n[i]), eta, rr));
     }
   }
 };
+
+// Lists: tensors, saved, as bytes. Every block reads `keep` first: the usual case (keep) costs
+// one launch and no copy.
+struct RevertFunctor {
+  __device__ void operator()(const TensorListMeta<2>& meta, ScalarArg<bool> keep) const {
+    if (keep.get()) return;
+    int64_t begin, end;
+    const int t = chunk_range(meta, &begin, &end);
+    unsigned char* dst = static_cast<unsigned char*>(meta.addresses[0][t]);
+    const unsigned char* src = static_cast<const unsigned char*>(meta.addresses[1][t]);
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) dst[i] = src[i];
+  }
+};
+
+// The bytes of a dense tensor, in memory order (a view: writes reach the tensor).
+at::Tensor bytes_of(const at::Tensor& t) {
+  return t.as_strided({t.numel()}, {1}).view(at::kByte);
+}
 
 at::Tensor multi_tensor_norm_cuda(at::TensorList tensors_in) {
   TORCH_CHECK(!tensors_in.empty(), "multi_tensor_norm: tensors must be a non-empty list");
@@ -128,21 +166,21 @@ void multi_tensor_axpy_cuda(at::TensorList ys, at::TensorList xs_in, const at::T
   check_axpy_args(ys, xs_in, alpha, c10::DeviceType::CUDA);
   if (ys.empty()) return;
   const c10::cuda::CUDAGuard guard(ys[0].device());
-  const at::Tensor a = alpha.to(accumulate_type(ys[0].scalar_type()));
   const std::vector<at::Tensor> y(ys.begin(), ys.end());
   const auto x = in_layouts_of(xs_in, ys);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ys[0].scalar_type(),
                                   "multi_tensor_axpy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    multi_tensor_apply<2>({y, x}, AxpyFunctor<scalar_t>(), a.const_data_ptr<acc_t>());
+    at::Tensor a;
+    multi_tensor_apply<2>({y, x}, AxpyFunctor<scalar_t>(), scalar_arg<acc_t>(alpha, &a));
   });
 }
 
 void multi_tensor_virtual_step_cuda(at::TensorList out, at::TensorList weights_in,
-                                    at::TensorList grads_in, at::TensorList bufs_in, double eta,
-                                    double momentum, double weight_decay) {
+                                    at::TensorList grads_in, at::TensorList bufs_in,
+                                    const at::Tensor& eta, double momentum, double weight_decay) {
   const bool has_buf =
-      check_virtual_step_args(out, weights_in, grads_in, bufs_in, c10::DeviceType::CUDA);
+      check_virtual_step_args(out, weights_in, grads_in, bufs_in, eta, c10::DeviceType::CUDA);
   if (out.empty()) return;
   const c10::cuda::CUDAGuard guard(out[0].device());
   const std::vector<at::Tensor> o(out.begin(), out.end());
@@ -151,8 +189,9 @@ void multi_tensor_virtual_step_cuda(at::TensorList out, at::TensorList weights_i
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out[0].scalar_type(),
                                   "multi_tensor_virtual_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t e = static_cast<acc_t>(eta), mu = static_cast<acc_t>(momentum),
-                wd = static_cast<acc_t>(weight_decay);
+    at::Tensor eta_converted;
+    const ScalarArg<acc_t> e = scalar_arg<acc_t>(eta, &eta_converted);
+    const acc_t mu = static_cast<acc_t>(momentum), wd = static_cast<acc_t>(weight_decay);
     if (has_buf) {
       multi_tensor_apply<4>({o, w, g, in_layouts_of(bufs_in, out)},
                             VirtualStepFunctor<scalar_t, 4>(), e, mu, wd);
@@ -165,21 +204,36 @@ void multi_tensor_virtual_step_cuda(at::TensorList out, at::TensorList weights_i
 std::vector<at::Tensor> multi_tensor_finite_difference_cuda(at::TensorList dalpha,
                                                             at::TensorList pos_in,
                                                             at::TensorList neg_in,
-                                                            const at::Tensor& r, double eta) {
+                                                            const at::Tensor& r,
+                                                            const at::Tensor& eta) {
   std::vector<at::Tensor> outs =
-      prepare_finite_difference(dalpha, pos_in, neg_in, r, c10::DeviceType::CUDA);
+      prepare_finite_difference(dalpha, pos_in, neg_in, r, eta, c10::DeviceType::CUDA);
   if (dalpha.empty()) return outs;
   const c10::cuda::CUDAGuard guard(dalpha[0].device());
-  const at::Tensor rr = r.to(accumulate_type(outs[0].scalar_type()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outs[0].scalar_type(),
                                   "multi_tensor_finite_difference_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor r_converted, eta_converted;
     multi_tensor_apply<4>({outs, in_layouts_of(dalpha, outs), in_layouts_of(pos_in, outs),
                            in_layouts_of(neg_in, outs)},
-                          FiniteDifferenceFunctor<scalar_t>(), rr.const_data_ptr<acc_t>(),
-                          static_cast<acc_t>(eta));
+                          FiniteDifferenceFunctor<scalar_t>(), scalar_arg<acc_t>(r, &r_converted),
+                          scalar_arg<acc_t>(eta, &eta_converted));
   });
   return outs;
+}
+
+void multi_tensor_revert_cuda(at::TensorList tensors, at::TensorList saved,
+                              const at::Tensor& keep) {
+  check_revert_args(tensors, saved, keep, c10::DeviceType::CUDA);
+  if (tensors.empty()) return;
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  std::vector<at::Tensor> dst, src;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    dst.push_back(bytes_of(tensors[i]));
+    src.push_back(bytes_of(in_layout_of(saved[i], tensors[i])));
+  }
+  at::Tensor keep_converted;
+  multi_tensor_apply<2>({dst, src}, RevertFunctor(), scalar_arg<bool>(keep, &keep_converted));
 }
 
 }  // namespace
@@ -189,6 +243,7 @@ TORCH_LIBRARY_IMPL(darts_fast, CUDA, m) {
   m.impl("multi_tensor_axpy_", &multi_tensor_axpy_cuda);
   m.impl("multi_tensor_virtual_step", &multi_tensor_virtual_step_cuda);
   m.impl("multi_tensor_finite_difference", &multi_tensor_finite_difference_cuda);
+  m.impl("multi_tensor_revert_", &multi_tensor_revert_cuda);
 }
 
 }  // namespace darts_fast

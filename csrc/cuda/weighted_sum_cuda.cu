@@ -36,21 +36,24 @@ int64_t blocks_for(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-template <typename scalar_t, typename acc_t>
+// out = prior + sum over the group of w_k * x_k, all in acc_t. `prior` (null for the first group)
+// holds the sum of the earlier groups in acc_t: with more than kGroup inputs, a float16/bfloat16
+// sum is rounded to 16 bits only once, at the end, as on the CPU. prior may alias out.
+template <typename scalar_t, typename acc_t, typename out_t>
 __global__ void forward_kernel(Group<scalar_t> group, const acc_t* __restrict__ w,
-                               scalar_t* __restrict__ out, int64_t n, bool accumulate) {
+                               const acc_t* prior, out_t* out, int64_t n) {
   acc_t w_k[kGroup];
 #pragma unroll
   for (int j = 0; j < kGroup; ++j) w_k[j] = j < group.count ? w[group.first + j] : acc_t(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
-    acc_t acc = accumulate ? static_cast<acc_t>(out[i]) : acc_t(0);
+    acc_t acc = prior ? prior[i] : acc_t(0);
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       if (j < group.count) acc = weighted_sum_term(acc, w_k[j], static_cast<acc_t>(group.x[j][i]));
     }
-    out[i] = static_cast<scalar_t>(acc);
+    out[i] = static_cast<out_t>(acc);
   }
 }
 
@@ -94,14 +97,17 @@ __global__ void backward_kernel(Group<scalar_t> group, const acc_t* __restrict__
   }
 }
 
-// grad_w[k] = sum over blocks of partials[b, k], one block per k, in a fixed order.
+// grad_w[k] = sum over blocks of partials[b, k], one block per k, in a fixed order and in double,
+// as the CPU kernel finishes its chunk sums.
 template <typename acc_t>
 __global__ void reduce_partials_kernel(const acc_t* __restrict__ partials, int64_t num_blocks,
-                                       int64_t K, acc_t* __restrict__ grad_w) {
-  __shared__ acc_t shared[32];
+                                       int64_t K, double* __restrict__ grad_w) {
+  __shared__ double shared[32];
   const int64_t k = blockIdx.x;
-  acc_t v = acc_t(0);
-  for (int64_t b = threadIdx.x; b < num_blocks; b += blockDim.x) v += partials[b * K + k];
+  double v = 0.0;
+  for (int64_t b = threadIdx.x; b < num_blocks; b += blockDim.x) {
+    v += static_cast<double>(partials[b * K + k]);
+  }
   v = block_sum(v, shared);
   if (threadIdx.x == 0) grad_w[k] = v;
 }
@@ -116,6 +122,17 @@ at::Tensor weighted_sum_cuda(at::TensorList xs, const at::Tensor& weights) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.out.scalar_type(),
                                   "weighted_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
+    // The running sum between groups, in acc_t: the output itself when it already is acc_t.
+    acc_t* running = nullptr;
+    at::Tensor running_sum;
+    if (K > kGroup) {
+      const at::ScalarType acc_type = args.weights.scalar_type();
+      running_sum = args.out.scalar_type() == acc_type
+                        ? args.out
+                        : at::empty({n}, args.out.options().dtype(acc_type));
+      running = running_sum.mutable_data_ptr<acc_t>();
+    }
     for (int first = 0; first < K; first += kGroup) {
       Group<scalar_t> group{};
       group.first = first;
@@ -123,9 +140,15 @@ at::Tensor weighted_sum_cuda(at::TensorList xs, const at::Tensor& weights) {
       for (int j = 0; j < group.count; ++j) {
         group.x[j] = args.xs[first + j].const_data_ptr<scalar_t>();
       }
-      forward_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          group, args.weights.const_data_ptr<acc_t>(), args.out.mutable_data_ptr<scalar_t>(), n,
-          first > 0);
+      const acc_t* w = args.weights.const_data_ptr<acc_t>();
+      const acc_t* prior = first > 0 ? running : nullptr;
+      if (first + kGroup >= K) {
+        forward_kernel<scalar_t, acc_t, scalar_t>
+            <<<blocks_for(n), kThreads, 0, stream>>>(group, w, prior, out, n);
+      } else {
+        forward_kernel<scalar_t, acc_t, acc_t>
+            <<<blocks_for(n), kThreads, 0, stream>>>(group, w, prior, running, n);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -165,9 +188,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (weights_need_grad) {
-      at::Tensor total = at::empty({K}, partials.options());
+      at::Tensor total = at::empty({K}, partials.options().dtype(at::kDouble));
       reduce_partials_kernel<acc_t><<<K, kThreads, 0, stream>>>(
-          partials.const_data_ptr<acc_t>(), blocks, K, total.mutable_data_ptr<acc_t>());
+          partials.const_data_ptr<acc_t>(), blocks, K, total.mutable_data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       args.grad_weights = total.to(weights.scalar_type());
     }

@@ -5,7 +5,9 @@ outputs), stop cleanly on a non-finite loss or an interruption.
 A job (``search.SearchJob``, ``train.TrainJob``) brings its model, optimizer, scheduler and
 criterion, and says how an epoch's batches are drawn, what one step does, what else a checkpoint
 holds and which outputs an epoch leaves."""
+import contextlib
 import math
+import os
 import random
 import time
 
@@ -61,6 +63,11 @@ class Job:
     def restore_extra(self, state):
         pass
 
+    def skip_counters(self):
+        """Device counters of the steps skipped as not finite, by kind ({} when the job's steps
+        are never skipped), read once per epoch."""
+        return {}
+
     def tensors_to_check(self):
         """The tensors that must stay finite (weights, and alphas for a search)."""
         return list(self.model.parameters())
@@ -85,8 +92,33 @@ class Job:
         return "\n  ".join(lines)
 
 
+@contextlib.contextmanager
+def determinism(enabled):
+    """With ``enabled``: deterministic algorithms only, and cuDNN without autotuning, for the
+    duration; otherwise cuDNN autotunes its convolutions, as the original sets it."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    if enabled:  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:3]
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
 def run(job):
     """Runs ``job`` in its run folder; returns the exit code."""
+    with determinism(job.options.deterministic):
+        return _run(job)
+
+
+def _run(job):
     options = job.options
     stored = stored_options(options)
     if options.resume:
@@ -166,16 +198,22 @@ def _epochs(job, folder, log, start, rows):
         epoch_start = time.time()
         lr = job.scheduler.get_last_lr()[0]
         job.begin_epoch(epoch)
-        meter = Meter()
+        meter = Meter(skip_non_finite=True)
+        counters = job.skip_counters()
+        before = _read(counters)
         progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter)
+        steps = 0
         try:
             for batch in job.batches():
                 meter.add(*job.step(batch, lr))
                 progress.step()
-        except FloatingPointError as e:
-            raise Diverged(_diverged(folder, epoch, str(e))) from None
+                steps += 1
         finally:
             progress.close()
+        skipped = {kind: n - before[kind] for kind, n in _read(counters).items()}
+        if steps and any(n == steps for n in skipped.values()):
+            raise Diverged(_diverged(folder, epoch, "every step was skipped: the loss or the "
+                                                    "gradients are not finite"))
         train_loss, train_acc = meter.means()
         job.scheduler.step()
         valid_loss, valid_acc = evaluate(job.model, job.eval_batches(), job.criterion)
@@ -197,7 +235,9 @@ def _epochs(job, folder, log, start, rows):
         _write_outputs(job, folder, log, epoch + 1, rows)
         log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
                  f"acc {train_acc:.1f}% | valid loss {valid_loss:.3f} acc {valid_acc:.1f}% | "
-                 f"{rows[-1]['seconds']} s")
+                 f"{rows[-1]['seconds']} s" + "".join(
+                     f" | {n} {kind} step{'s' if n > 1 else ''} skipped (not finite)"
+                     for kind, n in skipped.items() if n))
     return last
 
 
@@ -205,6 +245,13 @@ def _diverged(folder, epoch, what):
     kept = (f"the checkpoint of epoch {folder.checkpoint_epoch} is kept in {folder.path}"
             if folder.checkpoint_epoch else "no epoch had been checkpointed")
     return f"epoch {epoch + 1} diverged: {what}; {kept}. A smaller --learning_rate may help"
+
+
+def _read(counters):
+    """The counters' values (one host synchronisation for all); 0 for a counter not made yet."""
+    made = {kind: c for kind, c in counters.items() if c is not None}
+    values = dict(zip(made, torch.stack(list(made.values())).tolist())) if made else {}
+    return {kind: values.get(kind, 0) for kind in counters}
 
 
 def _all_finite(tensors):

@@ -92,6 +92,9 @@ def _common_options(p, batch_size, epochs, init_channels, layers, seed_default):
     p.add_argument("--grad_clip", type=non_negative, default=5.0)
     p.add_argument("--device", type=device_name, default=None,
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-identical reruns on a GPU too: deterministic algorithms only "
+                        "(torch.use_deterministic_algorithms, cuDNN without autotuning); slower")
     run = p.add_argument_group("run folder")
     run.add_argument("--run_dir", type=folder_name, default=None,
                      help="a new or empty folder for the outputs and checkpoints "
@@ -122,6 +125,9 @@ def build_parser():
                    default="finite_difference",
                    help="second-order term: the original's finite difference, or the exact "
                         "double-backward hypergradient (a different result)")
+    s.add_argument("--no_cuda_graph", action="store_true",
+                   help="run every step eagerly on CUDA (default: the whole search step is "
+                        "captured once into a CUDA graph and replayed)")
     s.add_argument("--original_valid_sampling", action="store_true",
                    help="draw each step's validation batch from a new iterator, as the original "
                         "does (default: one iterator per epoch, every validation image once)")

@@ -14,26 +14,29 @@ TENSORBOARD = "tensorboard"
 
 
 class Meter:
-    """Sums of loss and correct predictions over an epoch, on the device: adding a step costs no
-    host synchronisation; ``means()`` costs one."""
+    """Sums of loss, correct predictions and samples over an epoch, on the device: adding a step
+    costs no host synchronisation; ``means()`` costs one. With ``skip_non_finite``, a step whose
+    loss is not finite (a step the search skipped) is left out."""
 
-    def __init__(self):
-        self.loss = self.correct = None
-        self.n = 0
+    def __init__(self, skip_non_finite=False):
+        self.skip_non_finite = skip_non_finite
+        self.sums = None  # [loss * samples, correct, samples], float64
 
     def add(self, loss, logits, target):
-        loss = loss.detach() * len(target)
-        correct = (logits.detach().argmax(1) == target).sum()
-        self.loss = loss if self.loss is None else self.loss + loss
-        self.correct = correct if self.correct is None else self.correct + correct
-        self.n += len(target)
+        loss = loss.detach().double()
+        samples = torch.full_like(loss, len(target))
+        correct = (logits.detach().argmax(1) == target).sum().double()
+        sums = torch.stack([loss * samples, correct, samples])
+        if self.skip_non_finite:
+            sums = torch.where(torch.isfinite(loss), sums, 0)
+        self.sums = sums if self.sums is None else self.sums + sums
 
     def means(self):
-        """(mean loss, accuracy in %)."""
-        if self.n == 0:
+        """(mean loss, accuracy in %); nan for both when no step counted."""
+        loss, correct, samples = self.sums.tolist() if self.sums is not None else (0, 0, 0)
+        if samples == 0:
             return float("nan"), float("nan")
-        loss, correct = torch.stack([self.loss.float(), self.correct.float()]).tolist()
-        return loss / self.n, 100.0 * correct / self.n
+        return loss / samples, 100.0 * correct / samples
 
 
 class Progress:

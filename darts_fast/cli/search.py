@@ -9,6 +9,7 @@ from .. import reference
 from ..architect import Architect
 from ..genotypes import genotype_text, genotype_to_dict
 from ..search_model import Network
+from ..search_step import CaptureError, SearchStep
 from . import data, loop, visualize
 from .errors import UsageError
 
@@ -34,8 +35,14 @@ def run(options):
         optimizer, options.epochs, eta_min=options.learning_rate_min)
     architect = architect(model, options) if options.reference else \
         architect(model, options, hessian=options.hessian)
+    if options.reference and device.type == "cuda" and not options.no_cuda_graph:
+        raise UsageError("the --reference architect rebuilds its model every step and cannot "
+                         "be captured into a CUDA graph; add --no_cuda_graph")
     job = SearchJob(options, model, optimizer, scheduler, criterion, device)
     job.architect = architect
+    job.search_step = SearchStep(model, architect, optimizer, criterion, options.grad_clip,
+                                 options.unrolled, cuda_graph=device.type == "cuda"
+                                 and not options.no_cuda_graph)
     # The original draws validation batches from the training set, with the training transform.
     job.train_loader = data.loader(options, images, labels, range(split), device, True, True)
     job.valid_loader = data.loader(options, images, labels, range(split, len(labels)), device,
@@ -62,17 +69,16 @@ class SearchJob(loop.Job):
     def step(self, batch, lr):
         # Epoch e uses the cosine rate of epoch e, as the original did on the PyTorch it was
         # written for; eta of the architect step is that rate.
-        x, y, x_valid, y_valid = batch
-        self.model.train()
-        self.architect.step(x, y, x_valid, y_valid, lr, self.optimizer,
-                            unrolled=self.options.unrolled)
-        self.optimizer.zero_grad()
-        logits = self.model(x)
-        loss = self.criterion(logits, y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
-        self.optimizer.step()
-        return loss, logits, y
+        try:
+            loss, logits = self.search_step(*batch, lr)
+        except CaptureError as e:
+            raise UsageError(f"{e}: continue the run with --resume and --no_cuda_graph") \
+                from None
+        return loss, logits, batch[1]
+
+    def skip_counters(self):
+        return {"weight": self.search_step.skipped_steps,
+                "architecture": getattr(self.architect, "skipped_steps", None)}
 
     def eval_batches(self):
         return self.valid_loader

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The GPU check, in one call: build the CUDA kernels in place, run every CUDA case of the test
+# suite (a skipped one is a failure), run a CUDA test selection under compute-sanitizer, search on
+# CUDA from the command line (captured step, and twice with --deterministic: the alphas must have
+# the same bits), and write the CUDA section of benchmarks/RESULTS.md. Sized for one H200 with 16
+# cores: each stage has its own time limit (560 s in all), a failed stage does not stop the
+# others, and --stages reruns only some. Logs and JSON go to the output folder (8 files at most);
+# a short table is printed last.
+#
+#   bash benchmarks/gpu_check.sh [--out DIR] [--stages build,tests,report,sanitizer,cli]
+#
+# DIR defaults to $OUT, else ./gpu_check_out. Run from anywhere; python3 must be the Python whose
+# torch has CUDA (override with PYTHON=...).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+out=${OUT:-gpu_check_out}
+stages=build,tests,sanitizer,cli,report
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
+           out=$2; shift 2 ;;
+    --stages) [ $# -ge 2 ] || { echo "gpu_check.sh: --stages needs a list" >&2; exit 2; }
+              stages=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+for s in ${stages//,/ }; do
+  case "$s" in build|tests|sanitizer|cli|report) ;;
+    *) echo "gpu_check.sh: unknown stage '$s' (stages: build,tests,sanitizer,cli,report)" >&2
+       exit 2 ;;
+  esac
+done
+python=${PYTHON:-python3}
+mkdir -p "$out" || { echo "gpu_check.sh: cannot create $out" >&2; exit 2; }
+out=$(cd "$out" && pwd)
+log=$out/gpu_check.log
+export PYTHONUNBUFFERED=1
+declare -A result seconds
+order=()
+
+# stage NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, its output appended to the log.
+stage() {
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  order+=("$name")
+  echo "== $name (limit ${limit} s)" | tee -a "$log"
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  seconds[$name]=$((SECONDS - start))
+  case $rc in
+    0) result[$name]=ok ;;
+    124|137) result[$name]="timed out" ;;
+    *) result[$name]="failed (exit $rc)" ;;
+  esac
+  echo "   $name: ${result[$name]} in ${seconds[$name]} s" | tee -a "$log"
+}
+wants() { [[ ",$stages," == *",$1,"* ]]; }
+
+{
+  echo "gpu_check $(date -u +%FT%TZ) in $(pwd)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1
+} | tee "$log"
+
+build() {
+  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$(nproc) \
+    "$python" setup.py -q build_ext --inplace &&
+  "$python" -c "import torch, darts_fast; assert torch.cuda.is_available(); \
+x = [torch.randn(5, device='cuda') for _ in range(9)]; \
+y = darts_fast.kernels.weighted_sum(x, torch.ones(9, device='cuda')); \
+assert torch.allclose(y, sum(x)), 'the CUDA weighted sum disagrees with the Python sum'; \
+print('CUDA kernels built and running')"
+}
+
+# Every CUDA case: the device-parametrized tests' [cuda] cases and the CUDA-only tests (their
+# names hold 'cuda'). A CUDA case that skips is a failure here.
+cuda_tests() {
+  "$python" -m pytest -q -p no:cacheprovider tests -k cuda -rs --benchmark-disable \
+    --junitxml=/tmp/gpu_check_tests.xml || return 1
+  "$python" - /tmp/gpu_check_tests.xml <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+cases = ET.parse(sys.argv[1]).getroot().iter("testcase")
+skipped = [f"{c.get('classname')}.{c.get('name')}" for c in cases if c.find("skipped") is not None]
+print(f"{len(skipped)} CUDA cases skipped" + "".join(f"\n  {s}" for s in skipped))
+sys.exit(1 if skipped else 0)
+PY
+}
+
+# compute-sanitizer runs on some runtimes of GPU machines and refuses the device on others: each
+# tool's outcome is recorded, with "device not supported" told apart from an error it found.
+sanitizer() {
+  local selection="tests/test_weighted_sum.py tests/test_multi_tensor.py"
+  local tool k
+  : >"$out/sanitizer.log"
+  for tool in memcheck racecheck synccheck; do
+    if [ "$tool" = memcheck ]; then k="cuda and not compile and not opcheck"
+    else k="cuda and (matches_python_sum or rounded_once or test_norm or revert)"; fi
+    compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      "$python" -m pytest -q -x -p no:cacheprovider $selection -k "$k" --benchmark-disable \
+      >/tmp/sanitizer-$tool.txt 2>&1
+    local rc=$?
+    { echo "== $tool (exit $rc)"; cat "/tmp/sanitizer-$tool.txt"; } >>"$out/sanitizer.log"
+    if grep -q "Device not supported\|not supported on this" "/tmp/sanitizer-$tool.txt"; then
+      echo "$tool: not supported on this machine"
+    elif [ $rc -eq 0 ]; then
+      echo "$tool: no errors ($(grep -o 'ERROR SUMMARY: [0-9]* errors' \
+        "/tmp/sanitizer-$tool.txt" | tail -1))"
+    else
+      echo "$tool: FAILED (exit $rc; see sanitizer.log)"
+    fi
+  done | tee "$out/sanitizer.txt"
+  ! grep -q FAILED "$out/sanitizer.txt"
+}
+
+# The command line on CUDA: the captured step (its default there), then twice the same search
+# with --deterministic, whose alphas must agree bit for bit.
+cli() {
+  local runs=/tmp/gpu_check_runs common
+  rm -rf "$runs"
+  common=(search --epochs 2 --layers 5 --init_channels 16 --batch_size 64 --synthetic_size 1024
+          --unrolled --device cuda)
+  "$python" -m darts_fast "${common[@]}" --run_dir "$runs/graph" &&
+  "$python" -m darts_fast "${common[@]}" --no_cuda_graph --run_dir "$runs/eager" &&
+  "$python" -m darts_fast "${common[@]}" --deterministic --run_dir "$runs/det1" &&
+  "$python" -m darts_fast "${common[@]}" --deterministic --run_dir "$runs/det2" || return 1
+  "$python" - "$runs" <<'PY' | tee "$out/cli.txt"
+import csv
+import json
+import sys
+
+runs = sys.argv[1]
+def alphas(name):
+    return json.load(open(f"{runs}/{name}/alphas_epoch_002.json"))
+def seconds(name):
+    return [float(r["seconds"]) for r in csv.DictReader(open(f"{runs}/{name}/metrics.csv"))]
+for name in ("graph", "eager", "det1", "det2"):
+    print(f"{name}: seconds per epoch {seconds(name)}")
+same = alphas("det1") == alphas("det2")
+print(f"--deterministic twice: alphas {'bit-identical' if same else 'DIFFER'}")
+sys.exit(0 if same else 1)
+PY
+}
+
+report() {
+  "$python" benchmarks/report.py --device cuda --no-plot --out "$out" &&
+  cp benchmarks/RESULTS.md "$out/RESULTS.md"
+}
+
+# The figures first; the limits add up to 560 s, inside a 10-minute call.
+wants build && stage build 110 build
+wants tests && stage tests 110 cuda_tests
+wants report && stage report 230 report
+wants sanitizer && stage sanitizer 60 sanitizer
+wants cli && stage cli 50 cli
+
+{
+  echo
+  echo "stage      result                seconds"
+  for name in "${order[@]}"; do
+    printf '%-10s %-21s %s\n' "$name" "${result[$name]}" "${seconds[$name]}"
+  done
+  [ -f "$out/sanitizer.txt" ] && sed 's/^/  sanitizer /' "$out/sanitizer.txt"
+  [ -f "$out/cli.txt" ] && tail -1 "$out/cli.txt" | sed 's/^/  cli /'
+  [ -f "$out/report-cuda.md" ] && sed -n '/^Targets/,/^$/p;/^| target/,/^$/p' \
+    "$out/report-cuda.md" | head -20
+} | tee -a "$log"
+for name in "${order[@]}"; do [ "${result[$name]}" = ok ] || exit 1; done

@@ -1,0 +1,93 @@
+"""What the GPU check script and the CUDA report do that can be checked without a GPU: the
+script's syntax and argument handling, and the report's tables, targets and timing code."""
+import os
+import subprocess
+
+import pytest
+import torch
+
+import report
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.sh")
+
+
+def run_script(*args):
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_script_parses():
+    assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unknown argument '--bogus'"),
+    (["--stages", "build,lint"], "unknown stage 'lint'"),
+    (["--out"], "--out needs a folder"),
+])
+def test_script_refuses_bad_arguments(args, message):
+    result = run_script(*args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not os.path.exists("gpu_check_out")
+
+
+def test_script_help():
+    result = run_script("--help")
+    assert result.returncode == 0 and "--stages" in result.stdout
+
+
+def bench(group, impl, median, **extra):
+    return {"group": group, "name": "test_search_step", "params": {"impl": impl},
+            "stats": {"median": median}, "extra_info": extra}
+
+
+def step_records():
+    second = "search step second order Network(16, 10, 8) batch 64 cuda"
+    first = "search step first order Network(16, 10, 8) batch 64 cuda"
+    benchmarks = [bench(second, "reference", 1.0), bench(second, "compiled_reference", 0.5,
+                                                          first_call_s=95.0),
+                  bench(second, "fused", 0.4), bench(second, "fused_graph", 0.2),
+                  bench(second, "fused_deterministic", 0.6),
+                  bench(first, "reference", 0.3), bench(first, "fused", 0.2)]
+    memory = {(second, "reference"): 1000.0, (second, "fused"): 850.0}
+    return report.table(benchmarks, 1e12, memory)
+
+
+def test_table_compares_each_of_ours_with_each_baseline():
+    text, records = step_records()
+    pairs = {(r["ours"], r["baseline"]): r["speedup"] for r in records
+             if " second order" in r["scenario"]}
+    assert pairs[("fused_graph", "reference")] == pytest.approx(5.0)
+    assert pairs[("fused", "compiled_reference")] == pytest.approx(1.25)
+    assert "| 0.85 (850 / 1000 MB) |" in text
+
+
+def test_targets_name_each_figure_and_whether_it_is_met():
+    _, records = step_records()
+    floor = [{"shape": "C16@32x32", "K": 8, "speedup_over_python_sum": 3.5,
+              "fused_over_floor": 1.7}]
+    text = report.targets_table(records, floor)
+    assert "| second-order step, fused eager vs original >= 2.0x | 2.50x | yes |" in text
+    assert "torch.compile of the original >= 1.3x | 1.25x | NO |" in text
+    assert "| second-order step, captured vs original >= 4.0x | 5.00x | yes |" in text
+    assert "| first-order step, fused eager vs original >= 2.0x | 1.50x | NO |" in text
+    assert "peak memory fused / original <= 0.9x | 0.85x | yes |" in text
+    assert "compiling) step | 95.0 s |" in text
+    assert "deterministic mode, step time vs eager fused | 1.50x |" in text
+    assert "C16@32x32: time / copy floor <= 1.5x | 1.70x | NO |" in text
+
+
+def test_weighted_sum_floor_times_both_sums():
+    records = report.weighted_sum_floor(torch.device("cpu"), shapes=["C64@8x8"], repeats=3,
+                                        sets=2)
+    (r,) = records
+    assert r["fused_s"] > 0 and r["python_sum_s"] > 0 and r["floor_s"] > 0
+    assert r["fused_over_floor"] == pytest.approx(r["fused_s"] / r["floor_s"])
+
+
+def test_results_md_keeps_the_other_device_section(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n<!-- cpu begin -->\ncpu figures\n<!-- cpu end -->\n")
+    report.update_results_md(torch.device("cuda"), "cuda figures", str(path))
+    report.update_results_md(torch.device("cuda"), "new cuda figures", str(path))
+    text = path.read_text()
+    assert "cpu figures" in text and "new cuda figures" in text and "\ncuda figures" not in text
