@@ -36,22 +36,24 @@ def measure(benchmark, run, rounds, warmup=1, before=None):
     return benchmark.pedantic(run, rounds=rounds, iterations=1)
 
 
-SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused", "fused_graph",
-                     "fused_deterministic"]
+SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused", "fused_recompute",
+                     "fused_graph", "fused_deterministic"]
 
 
 def search_step(impl, device, unrolled, batch=None, config=None):
     """One full search step (architect step, then the weight step on the same batch): the
     original algorithm ('reference'), the original with its network's forward compiled
-    ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), captured into a CUDA
-    graph ('fused_graph', CUDA only), eager with deterministic algorithms ('fused_deterministic':
-    they stay on for the process)."""
+    ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), eager with the mixed
+    ops recomputed in the backward pass ('fused_recompute'), captured into a CUDA graph
+    ('fused_graph', CUDA only), eager with deterministic algorithms ('fused_deterministic': they
+    stay on for the process)."""
     config = dict(config or STEP_CONFIG[torch.device(device).type])
     batch = batch or config["batch"]
     torch.manual_seed(0)
     fused = impl.startswith("fused")
     network = darts_fast.Network if fused else reference.Network
-    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss()).to(device)
+    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss(),
+                    recompute=impl == "fused_recompute").to(device)
     if impl == "compiled_reference":
         model.forward = torch.compile(model.forward)
     # cuDNN autotunes, as the original sets it, except under deterministic algorithms.

@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 
 BASELINE_ORDER = ["reference", "compiled_reference", "python_sum", "compiled_python_sum",
                   "python_loop", "foreach"]
-OURS = ["fused", "fused_graph", "fused_deterministic"]
+OURS = ["fused", "fused_recompute", "fused_graph", "fused_deterministic"]
 
 
 def _rss_mb():
@@ -280,7 +280,7 @@ def plot(device, batches, path):
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
     results = {}
-    for impl in ("reference", "fused"):
+    for impl in ("reference", "fused", "fused_recompute"):
         rows = [run_child({"impl": impl, "device": device.type, "unrolled": True, "batch": b})
                 for b in batches]
         results[impl] = rows

@@ -29,9 +29,9 @@ class Network(_Network):
     memory layout, with the original's adaptive global pooling."""
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
-                 stem_multiplier=3, mixed_op=MixedOp, memory_format=None):
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format=None, recompute=False):
         super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
-                         mixed_op=mixed_op, memory_format=memory_format)
+                         mixed_op=mixed_op, memory_format=memory_format, recompute=recompute)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
 

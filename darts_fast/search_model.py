@@ -6,6 +6,8 @@ names and order, and consumes the global RNG the same way as the original, which
 class it is given; so a state_dict loads into either, and one seed gives the same initial weights
 and alphas.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,6 +53,9 @@ class Network(nn.Module):
     ``state_dict()``, as in the original; ``.to()``/``.cuda()``/``.double()`` move them too.
 
     ``mixed_op``: the mixed-operation class (default: the fused ``darts_fast.MixedOp``).
+    ``recompute``: the fused mixed ops keep only their input for the backward pass and compute
+    their candidates again there (see ``darts_fast.MixedOp``): far less memory, the same numbers,
+    one more forward pass.
     ``memory_format``: the layout activations take inside the network. ``"auto"`` (the default)
     is channels_last for CPU inputs, where it makes the convolutions of a search step about 25%
     faster, and the input's own layout elsewhere; ``None`` keeps the input's layout. Only the
@@ -58,7 +63,7 @@ class Network(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
-                 stem_multiplier=3, mixed_op=MixedOp, memory_format="auto"):
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
@@ -73,6 +78,10 @@ class Network(nn.Module):
         self._multiplier = multiplier
         self._stem_multiplier = stem_multiplier
         self._mixed_op = mixed_op
+        if recompute and not (isinstance(mixed_op, type) and issubclass(mixed_op, MixedOp)):
+            raise ValueError(f"Network: recompute needs darts_fast.MixedOp, got mixed_op="
+                             f"{getattr(mixed_op, '__name__', mixed_op)}")
+        self._recompute = recompute
         if memory_format not in ("auto", None, torch.channels_last, torch.contiguous_format):
             raise ValueError(f"Network: memory_format must be 'auto', None, torch.channels_last "
                              f"or torch.contiguous_format, got {memory_format!r}")
@@ -88,7 +97,8 @@ class Network(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, mixed_op)
+                        reduction_prev, functools.partial(mixed_op, recompute=True)
+                        if recompute else mixed_op)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -120,7 +130,8 @@ class Network(nn.Module):
         one's alphas (weights newly initialised: consumes the global RNG like the original)."""
         model_new = type(self)(self._C, self._num_classes, self._layers, self._criterion,
                                self._steps, self._multiplier, self._stem_multiplier,
-                               mixed_op=self._mixed_op, memory_format=self._memory_format)
+                               mixed_op=self._mixed_op, memory_format=self._memory_format,
+                               recompute=self._recompute)
         ref = self.alphas_normal
         model_new.to(device=ref.device, dtype=ref.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):

@@ -153,7 +153,7 @@ def test_train_runs_and_resumes(tmp_path):
 
 def test_resume_with_more_epochs_continues_the_schedule(finished_search, tmp_path):
     folder = copy_of(finished_search, tmp_path)
-    assert run(["search", "--resume", folder, "--epochs", "3"]) == 0
+    assert run(["search", "--resume", folder, "--epochs", "3", "--no_cuda_graph"]) == 0
     rows = (folder / "metrics.csv").read_text().strip().splitlines()[1:]
     assert len(rows) == 3 and json.loads((folder / "config.json").read_text())[
         "options"]["epochs"] == 3
@@ -290,6 +290,7 @@ def test_missing_and_malformed_data(tmp_path, capsys):
     (["search", "--device", "meta"], "--device: expected cpu, cuda or cuda:N, got 'meta'"),
     (["search", "--resume", ""], "--resume: expected a folder, got an empty name"),
     (["search", "--hessian", "exact", "--reference"], "--hessian exact is a darts_fast option"),
+    (["search", "--recompute", "--reference"], "--recompute is a darts_fast option"),
     (["train", *TINY, "--genotype", "DARTS", "--auxiliary", "--layers", "1"],
      "needs layers >= 2"),
 ])
@@ -372,6 +373,8 @@ def test_a_folder_with_outputs_is_never_reused(finished_search, tmp_path, capsys
 def test_resume_refuses_flags_it_would_ignore(finished_search, capsys):
     err = error_of(["search", "--resume", finished_search, "--learning_rate", "0.1"], capsys)
     assert "--learning_rate cannot change on resume" in err
+    assert "--deterministic cannot change on resume" in error_of(
+        ["search", "--resume", finished_search, "--deterministic"], capsys)
     assert "already done 2 epochs" in error_of(
         ["search", "--resume", finished_search, "--epochs", "1"], capsys)
     assert "is a search run, not a train run" in error_of(
@@ -519,6 +522,51 @@ def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tmp_path, ca
                    if t.is_floating_point())
     assert not (out / "final.json").exists() or json.loads((out / "final.json").read_text())[
         "epochs_done"] < 3
+
+
+def test_a_search_whose_every_step_is_skipped_stops(tmp_path, capsys):
+    """--learning_rate 1e30 overflows the weights at every step: each step is undone on the
+    device, and an epoch of nothing but skipped steps stops the run before its checkpoint."""
+    out = tmp_path / "run"
+    code = run(["search", *TINY, "--epochs", "2", "--learning_rate", "1e30", "--run_dir", out])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "epoch 1 diverged: every step was skipped" in err.splitlines()[-1]
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_skipped_step_is_reported_and_left_out_of_the_means(tmp_path, monkeypatch):
+    from darts_fast.search_step import SearchStep
+
+    calls = []
+    step = SearchStep.__call__
+
+    def first_batch_poisoned(self, x, *rest):
+        calls.append(1)
+        if len(calls) == 1:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("inf")
+        return step(self, x, *rest)
+
+    monkeypatch.setattr(SearchStep, "__call__", first_batch_poisoned)
+    out = tmp_path / "run"
+    args = [*TINY, "--synthetic_size", "32", "--unrolled"]  # two steps an epoch
+    assert run(["search", *args, "--epochs", "1", "--run_dir", out]) == 0
+    log = (out / "log.txt").read_text()
+    assert "| 1 weight step skipped (not finite) | 1 architecture step skipped" in log, log
+    row = (out / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert np.isfinite(float(row[2]))  # the train loss of the one step that counted
+
+
+def test_deterministic_and_recomputed_searches_repeat_bit_for_bit(tmp_path):
+    """--recompute changes the memory, not the numbers."""
+    alphas = []
+    for name, extra in (("a", []), ("b", ["--recompute"])):
+        assert run(["search", *TINY, "--epochs", "1", "--unrolled", "--deterministic",
+                    *extra, "--run_dir", tmp_path / name]) == 0
+        alphas.append(state_of(tmp_path / name)["alphas"])
+    assert all(torch.equal(x, y) for x, y in zip(*alphas))
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
 def test_checkpoint_integrity_and_rng_round_trip(tmp_path):

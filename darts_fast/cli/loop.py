@@ -199,8 +199,7 @@ def _epochs(job, folder, log, start, rows):
         lr = job.scheduler.get_last_lr()[0]
         job.begin_epoch(epoch)
         meter = Meter(skip_non_finite=True)
-        counters = job.skip_counters()
-        before = _read(counters)
+        before = _read(job.skip_counters())
         progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter)
         steps = 0
         try:
@@ -210,7 +209,7 @@ def _epochs(job, folder, log, start, rows):
                 steps += 1
         finally:
             progress.close()
-        skipped = {kind: n - before[kind] for kind, n in _read(counters).items()}
+        skipped = {kind: n - before[kind] for kind, n in _read(job.skip_counters()).items()}
         if steps and any(n == steps for n in skipped.values()):
             raise Diverged(_diverged(folder, epoch, "every step was skipped: the loss or the "
                                                     "gradients are not finite"))

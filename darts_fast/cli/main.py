@@ -125,6 +125,10 @@ def build_parser():
                    default="finite_difference",
                    help="second-order term: the original's finite difference, or the exact "
                         "double-backward hypergradient (a different result)")
+    s.add_argument("--recompute", action="store_true",
+                   help="keep only each mixed op's input for the backward pass and compute its "
+                        "candidates again there: far less memory, the same numbers, one more "
+                        "forward pass")
     s.add_argument("--no_cuda_graph", action="store_true",
                    help="run every step eagerly on CUDA (default: the whole search step is "
                         "captured once into a CUDA graph and replayed)")

@@ -37,7 +37,8 @@ METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_
 _TMP_MARK = ".tmp-"
 # Options that --resume accepts: they change how a run proceeds, not what it computed so far.
 # Everything else is the run's own and comes from its config.json.
-RESUMABLE = ("epochs", "stop_after_epoch", "device", "data", "loader", "workers", "no_cuda_graph")
+RESUMABLE = ("epochs", "stop_after_epoch", "device", "data", "loader", "workers", "no_cuda_graph",
+             "recompute")
 # Options about one invocation, not stored with the run.
 NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config")
 

@@ -18,6 +18,9 @@ def run(options):
     if options.reference and options.hessian == "exact":
         raise UsageError("--hessian exact is a darts_fast option; the --reference algorithm has "
                          "only the original finite difference")
+    if options.reference and options.recompute:
+        raise UsageError("--recompute is a darts_fast option; the --reference algorithm stores "
+                         "every candidate's output")
     device = loop.auto_device(options)
     images, labels = data.search_data(options)
     split = data.split_point(len(labels), options.train_portion)
@@ -28,7 +31,8 @@ def run(options):
     network, architect = (reference.Network, reference.Architect) if options.reference else \
         (Network, Architect)
     criterion = nn.CrossEntropyLoss()
-    model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion).to(device)
+    model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion,
+                    recompute=options.recompute).to(device)
     optimizer = torch.optim.SGD(model.parameters(), options.learning_rate,
                                 momentum=options.momentum, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
