@@ -3,6 +3,7 @@ a markdown table, updates benchmarks/RESULTS.md and plots step time and peak mem
 batch size.
 
     python benchmarks/report.py [--device cpu|cuda] [--batches 4 8 16 32] [--no-plot]
+                                [--budget-mb MB] [--out DIR]
 """
 import argparse
 import datetime
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -297,6 +299,26 @@ def plot(device, batches, path):
     return results
 
 
+def budget_table(device, batches, curve, budget_mb):
+    """The largest batch whose second-order step fits ``budget_mb``, per implementation: the
+    line through the measured peaks predicts it, and a step at that batch, run in a fresh
+    process, checks it."""
+    lines = [f"Largest second-order batch within a {budget_mb:.0f} MB budget (a line fitted "
+             f"through the peaks above predicts it; one step at that batch, in a fresh process, "
+             f"checks it):\n", "| implementation | MB per image | predicted batch | measured "
+             "peak at it | fits |", "|---|---|---|---|---|"]
+    records = []
+    for impl, rows in curve.items():
+        slope, intercept = np.polyfit(batches, [r["peak_mb"] for r in rows], 1)
+        batch = max(1, int((budget_mb - intercept) // slope))
+        peak = run_child({"impl": impl, "device": device.type, "unrolled": True,
+                          "batch": batch, "repeats": 1})["peak_mb"]
+        lines.append(f"| {impl} | {slope:.1f} | {batch} | {peak:.0f} MB | "
+                     f"{'yes' if peak <= budget_mb else 'no'} |")
+        records.append({"impl": impl, "mb_per_image": slope, "batch": batch, "peak_mb": peak})
+    return "\n".join(lines) + "\n", records
+
+
 def update_results_md(device, section, path=os.path.join(HERE, "RESULTS.md")):
     begin, end = f"<!-- {device.type} begin -->", f"<!-- {device.type} end -->"
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
@@ -315,12 +337,18 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where the JSON and markdown results go (default %(default)s)")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plot", action="store_true",
+                   help="skip the step-versus-batch curve and the memory-budget table")
+    p.add_argument("--budget-mb", type=float, default=None,
+                   help="memory budget of the largest-batch table (default 2048 MB on the CPU, "
+                        "24576 MB on CUDA)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
     device = torch.device(args.device)
+    if args.budget_mb is None:
+        args.budget_mb = 2048.0 if device.type == "cpu" else 24576.0
     out_dir = args.out
     os.makedirs(out_dir, exist_ok=True)
     benchmarks = run_benchmarks(device, os.path.join(out_dir, f"pytest-{device.type}.json"))
@@ -361,6 +389,9 @@ def main():
             section += f"| {b} | " + " | ".join(
                 f"{curve[i][k]['seconds']:.2f} | {curve[i][k]['peak_mb']:.0f}" for i in curve) + " |\n"
         records.append({"step_vs_batch": {"batches": batches, **curve}})
+        budget_text, budget_records = budget_table(device, batches, curve, args.budget_mb)
+        section += "\n" + budget_text
+        records.append({"memory_budget": budget_records})
     with open(os.path.join(out_dir, f"report-{device.type}.json"), "w") as f:
         json.dump({"device": device.type, "torch": torch.__version__,
                    "bandwidth_bytes_per_s": bandwidth, "results": records}, f, indent=2)

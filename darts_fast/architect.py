@@ -34,21 +34,36 @@ The numbers are the original's (within float rounding); what changes is how:
     would write nan into the alphas; ``eta`` may be a 0-dim device tensor. The step can thus be
     captured into a CUDA graph (``darts_fast.search_step``).
 
+Several processes (``torchrun``): give the architect the DDP-wrapped model, or the model and a
+``process_group``. Each rank computes on its shard; what the formulas need is averaged over the
+ranks, one flattened all-reduce each: the training gradient of the virtual step, then
+:math:`(d\alpha, v)` at :math:`w'`, then :math:`(g^+, g^-)` (first order: the alpha gradient).
+The result is the formulas above on the shard-averaged gradients, with BatchNorm statistics per
+shard (as DDP keeps them); :math:`\lVert v \rVert` is global, so every rank takes the same alpha
+step.
+
 ``hessian="exact"`` replaces the finite difference by the exact mixed second derivative
 :math:`\nabla^2_{\alpha, w} L_{train}(w, \alpha)\, v` (double backward). It is a different result
 from the original: the finite difference does not converge across ReLU and max-pool kinks. In that
 mode the real model sees one training pass per step (at :math:`w`), not three.
 """
 import torch
+import torch.nn as nn
 
 from . import kernels
+from .distributed import mean_over_ranks
 from .skip import all_finite, allocate_like, copy_into, count_skip, state_tensors
 
 _HESSIANS = ("finite_difference", "exact")
 
 
 class Architect:
-    def __init__(self, model, args, hessian="finite_difference"):
+    def __init__(self, model, args, hessian="finite_difference", process_group=None):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            # The passes go through the module itself: DDP reduces only what .backward()
+            # accumulates, and the architect reduces its own gradients (see step).
+            process_group = process_group if process_group is not None else model.process_group
+            model = model.module
         if not callable(getattr(model, "arch_parameters", None)):
             raise TypeError(
                 f"Architect: model must offer arch_parameters() (and parameters(), _loss()), "
@@ -70,6 +85,7 @@ class Architect:
         self.network_weight_decay = args.weight_decay
         self.model = model
         self.hessian = hessian
+        self.process_group = process_group
         self.optimizer = torch.optim.Adam(
             alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
             weight_decay=args.arch_weight_decay, capturable=alphas[0].is_cuda,
@@ -107,7 +123,10 @@ class Architect:
             else:
                 loss = self.model._loss(input_valid, target_valid)
                 grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-                checks = [loss]
+                unused = [g is None for g in grads]
+                loss, *grads = mean_over_ranks([loss, *_zeros_for_none(grads, alphas)],
+                                               self.process_group)
+                grads, checks = _none_where(unused, grads), [loss]
         except BaseException:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, self._saved_buffers)
@@ -149,14 +168,16 @@ class Architect:
         bufs = _momentum_buffers(network_optimizer, model, params)
         exact = self.hessian == "exact"
 
+        group = self.process_group
         loss_train = model._loss(input_train, target_train)
         grad_w = torch.autograd.grad(loss_train, params, create_graph=exact)
+        loss_train, *mean_grad_w = mean_over_ranks([loss_train, *grad_w], group)
         weights = [p.data for p in params]
         self._shadow_weights = allocate_like(self._shadow_weights, weights)
         shadow = self._shadow_weights
         with torch.no_grad():
-            kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in grad_w], bufs,
-                                              eta, self.network_momentum,
+            kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in mean_grad_w],
+                                              bufs, eta, self.network_momentum,
                                               self.network_weight_decay)
 
         # The pass at w' must leave the model's BatchNorm statistics alone and, like the
@@ -176,11 +197,14 @@ class Architect:
             _swap_in(buffers, buffer_data)
             model.train(was_training)
         unused = [g is None for g in grads[:len(alphas)]]
-        grads = _zeros_for_none(grads, alphas + params)
+        loss_valid, *grads = mean_over_ranks([loss_valid, *_zeros_for_none(grads, alphas + params)],
+                                             group)
         dalpha, v = grads[:len(alphas)], grads[len(alphas):]
 
         if exact:
-            hvp = _grad(grad_w, alphas, grad_outputs=v)
+            # Each rank differentiates its own training gradient along the common v; the mean of
+            # those is the derivative of the mean gradient.
+            hvp = mean_over_ranks(_grad(grad_w, alphas, grad_outputs=v), group)
             with torch.no_grad():
                 hypergrad = [d - eta * h for d, h in zip(dalpha, hvp)]
             return _none_where(unused, hypergrad), [loss_train, loss_valid]
@@ -200,6 +224,10 @@ class Architect:
             grads_neg = _grad(loss_neg, alphas)
         finally:
             _swap_in(params, weights)
+        n = len(alphas)
+        loss_pos, loss_neg, *grads_pm = mean_over_ranks(
+            [loss_pos, loss_neg, *grads_pos, *grads_neg], group)
+        grads_pos, grads_neg = grads_pm[:n], grads_pm[n:]
         with torch.no_grad():
             hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r,
                                                                eta)
