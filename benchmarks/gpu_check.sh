@@ -47,7 +47,8 @@ stage() {
   shift 2
   order+=("$name")
   echo "== $name (limit ${limit} s)" | tee -a "$log"
-  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  # timeout runs programs, not shell functions: each stage runs in a bash that inherits them.
+  timeout --kill-after=10 "$limit" bash -c "$*" >>"$log" 2>&1
   rc=$?
   seconds[$name]=$((SECONDS - start))
   case $rc in
@@ -61,7 +62,8 @@ wants() { [[ ",$stages," == *",$1,"* ]]; }
 
 {
   echo "gpu_check $(date -u +%FT%TZ) in $(pwd)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 ||
+    echo "nvidia-smi: not available"
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1
 } | tee "$log"
@@ -152,6 +154,8 @@ report() {
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
 
+export -f build cuda_tests sanitizer cli report
+export out python
 # The figures first; the limits add up to 560 s, inside a 10-minute call.
 wants build && stage build 110 build
 wants tests && stage tests 110 cuda_tests

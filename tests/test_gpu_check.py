@@ -2,6 +2,7 @@
 script's syntax and argument handling, and the report's tables, targets and timing code."""
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.
 
 
 def run_script(*args):
-    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=200,
+                          env={**os.environ, "PYTHON": sys.executable})
 
 
 def test_script_parses():
@@ -28,6 +30,17 @@ def test_script_refuses_bad_arguments(args, message):
     result = run_script(*args)
     assert result.returncode == 2 and message in result.stderr
     assert not os.path.exists("gpu_check_out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA gets")
+def test_a_skipped_gpu_case_fails_the_tests_stage(tmp_path):
+    """The stage machinery end to end: without a GPU every CUDA case skips, which the tests stage
+    must report as a failure, naming the cases."""
+    result = run_script("--stages", "tests", "--out", str(tmp_path))
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert result.returncode == 1, log
+    assert "CUDA cases skipped" in log and "test_cuda_graph_replay_equals_the_eager_step" in log
+    assert "tests      failed (exit 1)" in result.stdout
 
 
 def test_script_help():
