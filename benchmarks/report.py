@@ -148,16 +148,16 @@ def step_memory(benchmarks, device):
     return memory
 
 
-def weighted_sum_floor(device, shapes=None, repeats=50, sets=4):
+def weighted_sum_floor(device, bandwidth, shapes=None, repeats=50, sets=4):
     """The fused weighted sum forward+backward (K=8, the DARTS shapes at batch 64) and the Python
     sum's, timed apart from launch overhead against the copy floor: on CUDA each call is
     captured into a CUDA graph and its replays timed with events, rotating over ``sets`` input
-    sets (more than the L2 cache holds); on the CPU timed directly."""
+    sets (more than the L2 cache holds); on the CPU timed directly. ``bandwidth``: the copy
+    bandwidth (bytes read plus written per second) the floor is taken at."""
     from bench_weighted_sum import BATCH, K, SHAPES, forward_backward, inputs, python_sum
 
     from darts_fast import kernels
 
-    bandwidth = copy_bandwidth(device)
     records = []
     for shape in shapes or SHAPES:
         input_sets = [inputs(shape, device) for _ in range(sets)]
@@ -360,7 +360,7 @@ def main():
              "of the step's size) against the search step it feeds:\n\n" + pipeline_text)
     records.append({"input_pipeline": pipeline_records})
     if device.type == "cuda":
-        floor_records = weighted_sum_floor(device)
+        floor_records = weighted_sum_floor(device, bandwidth)
         records.append({"weighted_sum_vs_floor": floor_records})
         text = ("Targets (float32):\n\n" + targets_table(records[:-2], floor_records)
                 + "\n\nThe weighted-sum rows above: one forward+backward captured in a CUDA "

@@ -90,7 +90,7 @@ def test_targets_name_each_figure_and_whether_it_is_met():
 
 
 def test_weighted_sum_floor_times_both_sums():
-    records = report.weighted_sum_floor(torch.device("cpu"), shapes=["C64@8x8"], repeats=3,
+    records = report.weighted_sum_floor(torch.device("cpu"), 2e10, shapes=["C64@8x8"], repeats=3,
                                         sets=2)
     (r,) = records
     assert r["fused_s"] > 0 and r["python_sum_s"] > 0 and r["floor_s"] > 0
