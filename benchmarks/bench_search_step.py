@@ -25,8 +25,10 @@ def test_search_step(benchmark, device, order, impl):
     if impl == "compiled_reference" and order == "first":
         pytest.skip("torch.compile is compared on the second-order step only (its compilation "
                     "takes minutes)")
-    # The test pass (benchmarks disabled) checks that each case runs, on a smaller network.
-    config = STEP_CONFIG[device.type] if benchmark.enabled else dict(C=4, layers=3, batch=4)
+    # The test pass (benchmarks disabled) checks that each case runs, on a smaller network and
+    # images.
+    config = STEP_CONFIG[device.type] if benchmark.enabled else dict(C=4, layers=3, batch=4,
+                                                                     image=8)
     benchmark.group = (f"search step {order} order Network({config['C']}, 10, "
                        f"{config['layers']}) batch {config['batch']} {device.type}")
     if device.type == "cuda":  # the peak counts everything the case holds, model included

@@ -1,5 +1,6 @@
 """The benchmark scenarios, shared by the pytest-benchmark files and the report script: each
 builds its inputs and returns a zero-argument function that runs one iteration."""
+import functools
 import types
 
 import torch
@@ -63,7 +64,8 @@ def search_step(impl, device, unrolled, batch=None, config=None):
                                 weight_decay=ARGS.weight_decay)
     architect = (darts_fast.Architect if fused else reference.Architect)(model, ARGS)
     g = torch.Generator().manual_seed(1)
-    x, xv = (torch.randn(batch, 3, 32, 32, generator=g).to(device) for _ in range(2))
+    size = config.get("image", 32)  # CIFAR-10's, except in the test pass
+    x, xv = (torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
     y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
     if fused:
         search = SearchStep(model, architect, optimizer, grad_clip=5, unrolled=unrolled,
@@ -109,11 +111,16 @@ def mixed_op(impl, device, C=16, HW=32, stride=1, batch=64):
     return run
 
 
+@functools.cache
+def _network_weight_shapes():
+    return [p.shape for p in darts_fast.Network(16, 10, 8, None).parameters()]
+
+
 def multi_tensor_lists(device, count=4):
     """Lists shaped like the weights of Network(16, 10, 8) (1.93M weights in 458 tensors)."""
     torch.manual_seed(0)
-    shapes = [p.shape for p in darts_fast.Network(16, 10, 8, None).parameters()]
-    return [[torch.randn(s, device=device) for s in shapes] for _ in range(count)]
+    return [[torch.randn(s, device=device) for s in _network_weight_shapes()]
+            for _ in range(count)]
 
 
 def multi_tensor_update(name, impl, device):

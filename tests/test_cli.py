@@ -28,12 +28,6 @@ def run(argv):
     return main.main([str(a) for a in argv])
 
 
-def cli(argv, timeout=300):
-    """The real command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "darts_fast", *map(str, argv)],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def state_of(folder):
     return checkpoint.load(str(folder / "checkpoint.pt"))
 
@@ -69,18 +63,30 @@ def copy_of(folder, tmp_path):
 
 # --- runs, resume and outputs -------------------------------------------------------------------
 
-def test_search_resume_ends_with_the_same_alphas_bit_for_bit(tmp_path):
-    full, parts = tmp_path / "full", tmp_path / "parts"
-    args = ["search", *TINY, "--epochs", "2", "--unrolled"]
-    assert run([*args, "--run_dir", full]) == 0
-    assert run([*args, "--run_dir", parts, "--stop_after_epoch", "1"]) == 0
+@pytest.fixture(scope="module")
+def finished_second_order_search(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("searches") / "unrolled"
+    assert run(["search", *TINY, "--epochs", "2", "--unrolled", "--run_dir", folder]) == 0
+    return folder
+
+
+def test_resumed_deterministic_recomputed_search_ends_with_the_same_alphas_bit_for_bit(
+        finished_second_order_search, tmp_path):
+    """Stopped after epoch 1 and resumed, with --deterministic and --recompute (which change the
+    memory, not the numbers): the alphas, genotype and curves of the run without a break."""
+    full, parts = finished_second_order_search, tmp_path / "parts"
+    assert run(["search", *TINY, "--epochs", "2", "--unrolled", "--deterministic", "--recompute",
+                "--run_dir", parts, "--stop_after_epoch", "1"]) == 0
     assert state_of(parts)["epoch"] == 1
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
     assert run(["search", "--resume", parts]) == 0
     for a, b in zip(state_of(full)["alphas"], state_of(parts)["alphas"]):
         assert torch.equal(a, b)
     assert (full / "genotype.txt").read_text() == (parts / "genotype.txt").read_text()
     rows = (parts / "metrics.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2"]
+    assert [r.split(",")[1:6] for r in rows] == [
+        r.split(",")[1:6] for r in (full / "metrics.csv").read_text().strip().splitlines()]
 
 
 def test_kill_9_during_a_search_resumes_bit_identical(finished_search, tmp_path):
@@ -93,8 +99,7 @@ def test_kill_9_during_a_search_resumes_bit_identical(finished_search, tmp_path)
     time.sleep(0.3)  # while epoch 1's outputs are written, or early in epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = cli(["search", "--resume", killed])
-    assert result.returncode == 0, result.stderr
+    assert run(["search", "--resume", killed]) == 0
     # finished_search ran the same command without a break.
     for a, b in zip(state_of(finished_search)["alphas"], state_of(killed)["alphas"]):
         assert torch.equal(a, b)
@@ -556,17 +561,6 @@ def test_a_skipped_step_is_reported_and_left_out_of_the_means(tmp_path, monkeypa
     assert "| 1 weight step skipped (not finite) | 1 architecture step skipped" in log, log
     row = (out / "metrics.csv").read_text().splitlines()[1].split(",")
     assert np.isfinite(float(row[2]))  # the train loss of the one step that counted
-
-
-def test_deterministic_and_recomputed_searches_repeat_bit_for_bit(tmp_path):
-    """--recompute changes the memory, not the numbers."""
-    alphas = []
-    for name, extra in (("a", []), ("b", ["--recompute"])):
-        assert run(["search", *TINY, "--epochs", "1", "--unrolled", "--deterministic",
-                    *extra, "--run_dir", tmp_path / name]) == 0
-        alphas.append(state_of(tmp_path / name)["alphas"])
-    assert all(torch.equal(x, y) for x, y in zip(*alphas))
-    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
 def test_checkpoint_integrity_and_rng_round_trip(tmp_path):

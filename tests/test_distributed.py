@@ -27,9 +27,9 @@ def network():
 def shard(step, rank):
     """(input_train, target_train, input_valid, target_valid) of one rank at one step."""
     g = torch.Generator().manual_seed(100 * step + rank)
-    return [torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64),
+    return [torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64),
             torch.randint(0, 10, (3,), generator=g),
-            torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64),
+            torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64),
             torch.randint(0, 10, (3,), generator=g)]
 
 

@@ -62,8 +62,8 @@ def test_search_steps_equal_the_stored_path(unrolled, hessian):
         step = darts_fast.SearchStep(model, darts_fast.Architect(model, ARGS, hessian=hessian),
                                      optimizer, unrolled=unrolled)
         g = torch.Generator().manual_seed(1)
-        data = [torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g),
-                torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)]
+        data = [torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g),
+                torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)]
         step(*data, 0.025)
         results.append([*model.arch_parameters(), *model.parameters(), *model.buffers()])
     assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -30,9 +30,9 @@ def setup(device, dtype=torch.float32, network=darts_fast.Network, architect=dar
 
 def batch(device, dtype, seed, n=4):
     g = torch.Generator().manual_seed(100 + seed)
-    return [torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64).to(device, dtype),
+    return [torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64).to(device, dtype),
             torch.randint(0, 10, (n,), generator=g).to(device),
-            torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64).to(device, dtype),
+            torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64).to(device, dtype),
             torch.randint(0, 10, (n,), generator=g).to(device)]
 
 
