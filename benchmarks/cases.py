@@ -37,15 +37,16 @@ def measure(benchmark, run, rounds, warmup=1, before=None):
     return benchmark.pedantic(run, rounds=rounds, iterations=1)
 
 
-SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused", "fused_recompute",
-                     "fused_graph", "fused_deterministic"]
+SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused_unfolded", "fused",
+                     "fused_recompute", "fused_graph", "fused_deterministic"]
 
 
 def search_step(impl, device, unrolled, batch=None, config=None):
     """One full search step (architect step, then the weight step on the same batch): the
     original algorithm ('reference'), the original with its network's forward compiled
-    ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), eager with the mixed
-    ops recomputed in the backward pass ('fused_recompute'), captured into a CUDA graph
+    ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), eager without the
+    BatchNorm fold ('fused_unfolded'), eager with the mixed ops recomputed in the backward pass
+    ('fused_recompute'), captured into a CUDA graph
     ('fused_graph', CUDA only), eager with deterministic algorithms ('fused_deterministic': they
     stay on for the process)."""
     config = dict(config or STEP_CONFIG[torch.device(device).type])
@@ -54,7 +55,8 @@ def search_step(impl, device, unrolled, batch=None, config=None):
     fused = impl.startswith("fused")
     network = darts_fast.Network if fused else reference.Network
     model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss(),
-                    recompute=impl == "fused_recompute").to(device)
+                    recompute=impl == "fused_recompute",
+                    fold_batch_norm=impl != "fused_unfolded").to(device)
     if impl == "compiled_reference":
         model.forward = torch.compile(model.forward)
     # cuDNN autotunes, as the original sets it, except under deterministic algorithms.
@@ -96,9 +98,20 @@ def search_step(impl, device, unrolled, batch=None, config=None):
 STEP_WARMUP = {"fused_graph": 4}
 
 
+MIXED_OP_IMPLS = ["reference", "compiled_reference", "fused_unfolded", "fused"]
+
+
 def mixed_op(impl, device, C=16, HW=32, stride=1, batch=64):
+    """MixedOp forward+backward: the original ('reference'), torch.compile of it
+    ('compiled_reference'), darts_fast's with ('fused') and without ('fused_unfolded') the
+    BatchNorm fold."""
     torch.manual_seed(0)
-    op = (darts_fast.MixedOp if impl == "fused" else reference.MixedOp)(C, stride).to(device)
+    if impl.startswith("fused"):
+        op = darts_fast.MixedOp(C, stride, fold_batch_norm=impl == "fused").to(device)
+    else:
+        op = reference.MixedOp(C, stride).to(device)
+        if impl == "compiled_reference":
+            op = torch.compile(op)
     x = torch.randn(batch, C, HW, HW, device=device, requires_grad=True)
     w = torch.softmax(torch.randn(8, device=device), 0).requires_grad_()
     g = torch.randn(batch, C, HW // stride, HW // stride, device=device)

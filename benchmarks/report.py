@@ -23,8 +23,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-BASELINE_ORDER = ["reference", "compiled_reference", "python_sum", "compiled_python_sum",
-                  "python_loop", "foreach"]
+BASELINE_ORDER = ["reference", "compiled_reference", "fused_unfolded", "python_sum",
+                  "compiled_python_sum", "python_loop", "foreach"]
 OURS = ["fused", "fused_recompute", "fused_graph", "fused_deterministic"]
 
 
@@ -201,18 +201,29 @@ def _time_calls(calls, device, repeats):
     return statistics.median(times)
 
 
-# The issue's targets for the CUDA report: (what, how to read it off the records, comparison,
-# threshold).
+# The targets of the step times: (what, order, ours, baseline, comparison, threshold, devices);
+# ">=": a speed-up (baseline time / ours), "<=": a time ratio (ours / baseline).
 TARGETS = [
-    ("second-order step, fused eager vs original", "second", "fused", "reference", ">=", 2.0),
+    ("second-order step, fused eager vs original", "second", "fused", "reference", ">=", 2.0,
+     "cuda"),
     ("second-order step, fused eager vs torch.compile of the original", "second", "fused",
-     "compiled_reference", ">=", 1.3),
-    ("second-order step, captured vs original", "second", "fused_graph", "reference", ">=", 4.0),
-    ("first-order step, fused eager vs original", "first", "fused", "reference", ">=", 2.0),
+     "compiled_reference", ">=", 1.3, "cuda"),
+    ("second-order step, captured vs original", "second", "fused_graph", "reference", ">=", 4.0,
+     "cuda"),
+    ("first-order step, fused eager vs original", "first", "fused", "reference", ">=", 2.0,
+     "cuda"),
+    ("second-order step time, BatchNorm fold / without it", "second", "fused", "fused_unfolded",
+     "<=", 1.0, "all"),
+    ("second-order step time, recompute / fused without the fold", "second", "fused_recompute",
+     "fused_unfolded", "<=", 1.4, "all"),
 ]
+# Peak memory of the second-order step against the original's: (what, ours, at most).
+MEMORY_TARGETS = [("BatchNorm fold", "fused", 0.65), ("recompute", "fused_recompute", 0.3)]
+# MixedOp forward+backward, the fold against: (baseline, at least).
+MIXED_OP_TARGETS = [("fused_unfolded", 1.2), ("compiled_reference", 1.0)]
 
 
-def targets_table(records, floor_records):
+def targets_table(records, floor_records, device_type):
     """Each target with its measured figure and whether it is met."""
     lines = ["| target | measured | met |", "|---|---|---|"]
 
@@ -222,16 +233,24 @@ def targets_table(records, floor_records):
                      f"{'yes' if met else 'NO'} |")
 
     steps = [r for r in records if r["scenario"].startswith("search step")]
-    for what, order, ours, baseline, op, threshold in TARGETS:
+    for what, order, ours, baseline, op, threshold, devices in TARGETS:
         for r in steps:
             if f" {order} order" in r["scenario"] and (r["ours"], r["baseline"]) == \
-                    (ours, baseline):
-                add(what, r["speedup"], op, threshold)
+                    (ours, baseline) and devices in ("all", device_type):
+                add(what, r["speedup"] if op == ">=" else 1 / r["speedup"], op, threshold)
+    for what, ours, at_most in MEMORY_TARGETS:
+        for r in steps:
+            if " second order" in r["scenario"] and (r["ours"], r["baseline"]) == \
+                    (ours, "reference") and r["peak_mb"] and r["baseline_peak_mb"]:
+                add(f"second-order step, peak memory {what} / original",
+                    r["peak_mb"] / r["baseline_peak_mb"], "<=", at_most)
+    for r in records:
+        for baseline, at_least in MIXED_OP_TARGETS:
+            if r["scenario"].startswith("MixedOp") and (r["ours"], r["baseline"]) == \
+                    ("fused", baseline):
+                add(f"{r['scenario']}: BatchNorm fold vs {baseline}", r["speedup"], ">=",
+                    at_least)
     for r in steps:
-        if " second order" in r["scenario"] and r["ours"] == "fused" and \
-                r["baseline"] == "reference" and r["peak_mb"] and r["baseline_peak_mb"]:
-            add("second-order step, peak memory fused / original", r["peak_mb"] /
-                r["baseline_peak_mb"], "<=", 0.9)
         if r["ours"] == "fused" and r["baseline"] == "compiled_reference" and \
                 r["baseline_first_call_s"]:
             lines.append(f"| {r['scenario']}: torch.compile's first (compiling) step | "
@@ -282,7 +301,7 @@ def plot(device, batches, path):
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
     results = {}
-    for impl in ("reference", "fused", "fused_recompute"):
+    for impl in ("reference", "fused_unfolded", "fused", "fused_recompute"):
         rows = [run_child({"impl": impl, "device": device.type, "unrolled": True, "batch": b})
                 for b in batches]
         results[impl] = rows
@@ -359,13 +378,16 @@ def main():
     text += ("\n\nThe command line's input pipeline alone (one pass of augmented images, batches "
              "of the step's size) against the search step it feeds:\n\n" + pipeline_text)
     records.append({"input_pipeline": pipeline_records})
+    floor_records = []
     if device.type == "cuda":
         floor_records = weighted_sum_floor(device, bandwidth)
         records.append({"weighted_sum_vs_floor": floor_records})
-        text = ("Targets (float32):\n\n" + targets_table(records[:-2], floor_records)
-                + "\n\nThe weighted-sum rows above: one forward+backward captured in a CUDA "
-                "graph, replays timed with CUDA events over 4 rotating input sets; the floor is "
-                "26 tensor-sized reads and writes at the measured copy bandwidth.\n\n" + text)
+    step_records = [r for r in records if "scenario" in r]
+    text = ("Targets (float32):\n\n" + targets_table(step_records, floor_records, device.type)
+            + ("\n\nThe weighted-sum rows above: one forward+backward captured in a CUDA "
+               "graph, replays timed with CUDA events over 4 rotating input sets; the floor is "
+               "26 tensor-sized reads and writes at the measured copy bandwidth."
+               if floor_records else "") + "\n\n" + text)
     header = (f"## {device.type.upper()}: {datetime.date.today().isoformat()}, "
               f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine()}"
               f" ({os.cpu_count()} cores), torch {torch.__version__}\n\n"

@@ -110,6 +110,144 @@ torch.library.register_autograd(
 )
 
 
+def batch_norm_weighted_sum(ys: Sequence[torch.Tensor], weights: torch.Tensor,
+                            mean: torch.Tensor, invstd: torch.Tensor,
+                            batch_stats: Sequence[bool], eps: float):
+    r"""The mixed-op weighted sum with each candidate's final affine-free BatchNorm folded in:
+
+    .. math::
+        \text{out} = \sum_k w_k \, (y_k - \mu_{k,c}) \, \sigma^{-1}_{k,c}
+
+    over 4-D ``ys`` (N, C, H, W), in one pass after the statistics, so the normalised outputs are
+    neither written nor kept for the backward pass. Row k of the [K, C] statistics is the
+    per-channel batch statistics of ``ys[k]`` (biased variance, ``invstd = 1 / sqrt(var + eps)``)
+    where ``batch_stats[k]`` (training mode; computed here, the given row is ignored), the given
+    ``mean[k]`` and ``invstd[k]`` elsewhere (eval mode: the running statistics; a candidate
+    without a BatchNorm: 0 and 1). Differentiable in ``ys`` (with the BatchNorm backward of the
+    batch rows) and ``weights``; ``mean`` and ``invstd`` are constants.
+
+    Returns ``(out, mean, invstd, var)``: the statistics used, and the biased batch variance of
+    the batch rows (zero elsewhere) for the running-statistics update; [K, C], float32 (float64
+    for float64 ``ys``). Channels-last inputs are read in the NCHW layout (a copy).
+    """
+    for name, t in (("mean", mean), ("invstd", invstd)):
+        if t.requires_grad:
+            raise ValueError(f"batch_norm_weighted_sum: {name} is a constant of the op (the batch "
+                             f"rows' statistics are differentiated through ys); pass it "
+                             f"detached")
+    return _ops.batch_norm_weighted_sum(list(ys), weights, mean, invstd,
+                                        [bool(b) for b in batch_stats], float(eps))
+
+
+def _check_batch_norm_sum(op, ys, weights, mean, invstd, batch_stats):
+    torch._check(len(ys) > 0, lambda: f"{op}: ys must be a non-empty list of tensors")
+    _check_one_device(op, [*((f"ys[{k}]", y) for k, y in enumerate(ys)), ("weights", weights),
+                           ("mean", mean), ("invstd", invstd)])
+    torch._check(ys[0].dim() == 4,
+                 lambda: f"{op}: ys must be 4-D (N, C, H, W), got shape {tuple(ys[0].shape)}")
+    for k, y in enumerate(ys):
+        torch._check(y.shape == ys[0].shape and y.dtype == ys[0].dtype,
+                     lambda: f"{op}: ys[{k}] is {y.dtype} {tuple(y.shape)} but ys[0] is "
+                             f"{ys[0].dtype} {tuple(ys[0].shape)}")
+    K, C = len(ys), ys[0].shape[1]
+    torch._check(weights.dim() == 1 and weights.shape[0] == K,
+                 lambda: f"{op}: weights must be 1-D with one entry per tensor in ys ({K}), got "
+                         f"shape {tuple(weights.shape)}")
+    for name, t in (("mean", mean), ("invstd", invstd)):
+        torch._check(t.shape == (K, C),
+                     lambda: f"{op}: {name} must have shape [K, C] = [{K}, {C}] (one row per "
+                             f"tensor in ys, one entry per channel), got {tuple(t.shape)}")
+    torch._check(len(batch_stats) == K,
+                 lambda: f"{op}: batch_stats must have one flag per tensor in ys ({K}), got "
+                         f"{len(batch_stats)}")
+
+
+def _statistics_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("darts_fast::batch_norm_weighted_sum")
+def _batch_norm_weighted_sum_fake(ys, weights, mean, invstd, batch_stats, eps):
+    _check_batch_norm_sum("batch_norm_weighted_sum", ys, weights, mean, invstd, batch_stats)
+    stats = [ys[0].new_empty((len(ys), ys[0].shape[1]), dtype=_statistics_dtype(ys[0].dtype))
+             for _ in range(3)]
+    return (torch.empty_like(ys[0], memory_format=torch.contiguous_format), *stats)
+
+
+@torch.library.register_fake("darts_fast::batch_norm_weighted_sum_backward")
+def _batch_norm_weighted_sum_backward_fake(grad, ys, weights, mean, invstd, batch_stats,
+                                           ys_need_grad, weights_need_grad):
+    op = "batch_norm_weighted_sum_backward"
+    _check_batch_norm_sum(op, ys, weights, mean, invstd, batch_stats)
+    torch._check(grad.shape == ys[0].shape,
+                 lambda: f"{op}: grad has shape {tuple(grad.shape)} but ys have shape "
+                         f"{tuple(ys[0].shape)}")
+    grad_ys = [torch.empty_like(ys[0], memory_format=torch.contiguous_format)
+               for need in ys_need_grad if need]
+    return grad_ys, weights.new_empty((len(ys),) if weights_need_grad else (0,))
+
+
+def _batch_norm_weighted_sum_setup_context(ctx, inputs, output):
+    ys, weights, _, _, batch_stats, eps = inputs
+    _, mean, invstd, var = output
+    ctx.mark_non_differentiable(mean, invstd, var)
+    ctx.num_ys, ctx.batch_stats, ctx.eps = len(ys), list(batch_stats), eps
+    # The ys are read for the weight gradient and the batch rows' BatchNorm backward only.
+    ctx.keeps_ys = weights.requires_grad or any(batch_stats)
+    ctx.save_for_backward(weights, mean, invstd, *(ys if ctx.keeps_ys else ()))
+
+
+def _batch_norm_weighted_sum_composite(ys, weights, mean, invstd, batch_stats, eps):
+    """The forward in differentiable torch ops, the batch statistics as functions of the ys."""
+    out = 0
+    for k, y in enumerate(ys):
+        if batch_stats[k]:
+            var, mu = torch.var_mean(y, dim=(0, 2, 3), correction=0, keepdim=True)
+            yhat = (y - mu) * torch.rsqrt(var + eps)
+        else:
+            yhat = (y - mean[k].to(y.dtype).view(1, -1, 1, 1)) * \
+                invstd[k].to(y.dtype).view(1, -1, 1, 1)
+        out = out + weights[k] * yhat
+    return out
+
+
+def _batch_norm_weighted_sum_backward(ctx, grad, *_stats_grads):
+    weights, mean, invstd, *ys = ctx.saved_tensors
+    ys_need_grad = list(ctx.needs_input_grad[0])
+    weights_need_grad = bool(ctx.needs_input_grad[1])
+    nothing = (None, None, None, None)
+    if grad is None:
+        return [None] * ctx.num_ys, None, *nothing
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward, e.g. the exact hypergradient): differentiate the
+        # forward written in torch ops.
+        if not ctx.keeps_ys:  # fixed statistics and constant weights: a scaling of grad
+            scale = weights.view(-1, 1) * invstd.to(weights.dtype)
+            return [scale[k].view(1, -1, 1, 1).to(grad.dtype) * grad if need else None
+                    for k, need in enumerate(ys_need_grad)], None, *nothing
+        targets = [y for y, need in zip(ys, ys_need_grad) if need]
+        if weights_need_grad:
+            targets.append(weights)
+        out = _batch_norm_weighted_sum_composite(ys, weights, mean, invstd, ctx.batch_stats,
+                                                 ctx.eps)
+        found = iter(torch.autograd.grad(out, targets, grad, create_graph=True))
+        grad_ys = [next(found) if need else None for need in ys_need_grad]
+        return grad_ys, (next(found) if weights_need_grad else None), *nothing
+    ys_arg = ys if ctx.keeps_ys else [grad] * ctx.num_ys  # then only shapes are read
+    packed, grad_weights = _ops.batch_norm_weighted_sum_backward(
+        grad, ys_arg, weights, mean, invstd, ctx.batch_stats, ys_need_grad, weights_need_grad)
+    packed = iter(packed)
+    grad_ys = [next(packed) if need else None for need in ys_need_grad]
+    return grad_ys, (grad_weights if weights_need_grad else None), *nothing
+
+
+torch.library.register_autograd(
+    "darts_fast::batch_norm_weighted_sum",
+    _batch_norm_weighted_sum_backward,
+    setup_context=_batch_norm_weighted_sum_setup_context,
+)
+
+
 def multi_tensor_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm ``sqrt(sum_i ||t_i||^2)`` as a 0-dim tensor on the tensors' device (no host
     synchronisation on CUDA). Deterministic: partial sums are combined in a fixed order."""

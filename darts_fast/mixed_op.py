@@ -8,6 +8,15 @@ the same ``sum_k w_k * op_k(x)``, with three differences in how, not what:
   * ``relu(x)``, the first step of every conv candidate, is computed once and shared.
 Identity (``skip_connect`` at stride 1) contributes ``x`` itself, without a copy.
 
+``fold_batch_norm=True`` (the default) also folds the final affine-free BatchNorm of every
+candidate (convs, pools, factorized reduction) into the weighted sum
+(``darts_fast.kernels.batch_norm_weighted_sum``): the normalised candidate outputs are neither
+written nor kept for the backward pass. The BatchNorm modules stay where they are, with their
+buffers: the op reads their settings and updates their running statistics as
+``nn.BatchNorm2d`` does (training mode: batch statistics, momentum, unbiased running variance,
+``num_batches_tracked``; eval mode: the running statistics), so state dicts and checkpoints are
+those of the original.
+
 ``recompute=True`` keeps only the op's input for the backward pass and computes the candidates
 again there (``torch.utils.checkpoint``): a mixed op then stores one tensor instead of the
 candidates' intermediates, for the cost of a second forward pass. The BatchNorm running statistics
@@ -17,6 +26,7 @@ exact hypergradient) and ``torch.compile`` (whose functionalised graph applies t
 update once by itself).
 """
 import contextlib
+import itertools
 
 import torch
 import torch.nn as nn
@@ -24,14 +34,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .genotypes import PRIMITIVES
-from .kernels import weighted_sum
+from .kernels import batch_norm_weighted_sum, weighted_sum
 from .operations import Zero, candidate_ops
 
 
 class MixedOp(nn.Module):
-    def __init__(self, C, stride, primitives=PRIMITIVES, recompute=False):
+    def __init__(self, C, stride, primitives=PRIMITIVES, recompute=False, fold_batch_norm=True):
         super().__init__()
         self.recompute = recompute
+        self.fold_batch_norm = fold_batch_norm
         self._ops = candidate_ops(C, stride, primitives)
         computed = [k for k, op in enumerate(self._ops) if not isinstance(op, Zero)]
         if not computed:
@@ -40,6 +51,7 @@ class MixedOp(nn.Module):
         self._from_relu = [hasattr(self._ops[k], "forward_from_relu") for k in computed]
         contiguous = computed == list(range(computed[0], computed[-1] + 1))
         self._weight_index = slice(computed[0], computed[-1] + 1) if contiguous else computed
+        self._folds = [_fold_kind(self._ops[k]) for k in computed]
 
     def forward(self, x, weights):
         if weights.dim() != 1 or weights.shape[0] != len(self._ops):
@@ -60,11 +72,98 @@ class MixedOp(nn.Module):
 
     def _mix(self, x, weights):
         relu_x = F.relu(x) if any(self._from_relu) else None
+        if self.fold_batch_norm and any(self._folds):
+            return self._mix_folded(x, relu_x, weights[self._weight_index])
         outs = [
             self._ops[k].forward_from_relu(relu_x) if from_relu else self._ops[k](x)
             for k, from_relu in zip(self._computed, self._from_relu)
         ]
         return weighted_sum(outs, weights[self._weight_index])
+
+    def _mix_folded(self, x, relu_x, weights):
+        ys, bns = [], []
+        for k, fold in zip(self._computed, self._folds):
+            op = self._ops[k]
+            if fold == _RELU_FEATURES:
+                ys.append(op.features_from_relu(relu_x))
+                bns.append(op.final_batch_norm)
+            elif fold == _SEQUENTIAL_FEATURES:
+                y = x
+                for module in itertools.islice(op, len(op) - 1):
+                    y = module(y)
+                ys.append(y)
+                bns.append(op[-1])
+            else:
+                ys.append(op.forward_from_relu(relu_x) if hasattr(op, "forward_from_relu")
+                          else op(x))
+                bns.append(None)
+        folded = [bn for bn in bns if bn is not None]
+        batch_stats = [bn is not None and (bn.training or bn.running_mean is None) for bn in bns]
+        if any(batch_stats):
+            _check_batch_size(ys[0])
+        mean, invstd = _fixed_statistics(bns, batch_stats, ys[0])
+        out, mean, _, var = batch_norm_weighted_sum(ys, weights, mean, invstd, batch_stats,
+                                                    folded[0].eps)
+        updated = [k for k, bn in enumerate(bns)
+                   if batch_stats[k] and bn.training and bn.track_running_stats]
+        if updated:
+            n = ys[0].numel() // ys[0].shape[1]
+            _update_running_stats([bns[k] for k in updated], mean[updated], var[updated], n)
+        return out
+
+
+# How a candidate's final BatchNorm folds into the weighted sum (0: it does not).
+_RELU_FEATURES, _SEQUENTIAL_FEATURES = 1, 2
+
+
+def _foldable(bn):
+    return type(bn) is nn.BatchNorm2d and not bn.affine
+
+
+def _fold_kind(op):
+    """_RELU_FEATURES for an op with ``features_from_relu`` before an affine-free BatchNorm,
+    _SEQUENTIAL_FEATURES for a Sequential that ends in one (the pools), 0 otherwise (identity,
+    candidates without such a BatchNorm: weighted as they are)."""
+    if hasattr(op, "features_from_relu") and _foldable(op.final_batch_norm):
+        return _RELU_FEATURES
+    if isinstance(op, nn.Sequential) and len(op) > 1 and _foldable(op[-1]):
+        return _SEQUENTIAL_FEATURES
+    return 0
+
+
+def _check_batch_size(y):
+    if y.numel() // y.shape[1] <= 1:  # nn.BatchNorm2d's check, with its message
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{list(y.shape)}")
+
+
+def _fixed_statistics(bns, batch_stats, y):
+    """[K, C] mean and invstd for the rows that do not take batch statistics: the running
+    statistics of a BatchNorm in eval mode, 0 and 1 for a candidate without one."""
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    K, C = len(bns), y.shape[1]
+    mean = torch.zeros(K, C, dtype=dtype, device=y.device)
+    invstd = torch.ones(K, C, dtype=dtype, device=y.device)
+    for k, bn in enumerate(bns):
+        if bn is not None and not batch_stats[k]:
+            mean[k] = bn.running_mean
+            invstd[k] = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+    return mean, invstd
+
+
+@torch.no_grad()
+def _update_running_stats(bns, mean, var, n):
+    """``running = (1 - momentum) * running + momentum * batch`` with the unbiased variance, and
+    ``num_batches_tracked += 1``, as nn.BatchNorm2d does in training mode (momentum None: the
+    cumulative average); a few multi-tensor ops for all the candidates of the mixed op."""
+    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+    factors = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+               for bn in bns]
+    for running, batch in (([bn.running_mean for bn in bns], mean),
+                           ([bn.running_var for bn in bns], var * (n / (n - 1)))):
+        torch._foreach_mul_(running, [1.0 - f for f in factors])
+        torch._foreach_add_(running, torch._foreach_mul(list(batch.to(running[0].dtype)),
+                                                        factors))
 
 
 class _RunningStatsCopied:

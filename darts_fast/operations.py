@@ -2,7 +2,9 @@
 parameter names, order and initialisation (RNG use) are the same.
 
 Operations that begin with a ReLU (sep/dil convs, the factorized reduction) also offer
-``forward_from_relu(relu_x)``: the rest of the operation applied to an already rectified input.
+``forward_from_relu(relu_x)``: the rest of the operation applied to an already rectified input,
+and, as they all end in a BatchNorm, ``features_from_relu(relu_x)`` (what enters it) and
+``final_batch_norm``, for the mixed op that folds that BatchNorm into its weighted sum.
 The fused MixedOp uses it to compute ``relu(x)`` once for all of them, and it runs depthwise
 convolutions through ``darts_fast.depthwise`` (a faster input gradient); the values are the same
 within float rounding.
@@ -44,10 +46,18 @@ class _ReLUFirst(nn.Module):
         return self.op(x)
 
     def forward_from_relu(self, relu_x):
-        for module in itertools.islice(self.op, 1, None):
+        return self.final_batch_norm(self.features_from_relu(relu_x))
+
+    def features_from_relu(self, relu_x):
+        """What enters the final BatchNorm."""
+        for module in itertools.islice(self.op, 1, len(self.op) - 1):
             relu_x = depthwise.conv2d(module, relu_x) if isinstance(module, nn.Conv2d) \
                 else module(relu_x)
         return relu_x
+
+    @property
+    def final_batch_norm(self):
+        return self.op[-1]
 
 
 def forward_fast(op, x):
@@ -130,8 +140,15 @@ class FactorizedReduce(nn.Module):
         return self.forward_from_relu(self.relu(x))
 
     def forward_from_relu(self, relu_x):
-        out = torch.cat([self.conv_1(relu_x), self.conv_2(relu_x[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        return self.bn(self.features_from_relu(relu_x))
+
+    def features_from_relu(self, relu_x):
+        """What enters the final BatchNorm."""
+        return torch.cat([self.conv_1(relu_x), self.conv_2(relu_x[:, :, 1:, 1:])], dim=1)
+
+    @property
+    def final_batch_norm(self):
+        return self.bn
 
 
 class GlobalAvgPool(nn.Module):

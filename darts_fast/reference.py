@@ -29,9 +29,11 @@ class Network(_Network):
     memory layout, with the original's adaptive global pooling."""
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
-                 stem_multiplier=3, mixed_op=MixedOp, memory_format=None, recompute=False):
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format=None, recompute=False,
+                 fold_batch_norm=True):
         super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
-                         mixed_op=mixed_op, memory_format=memory_format, recompute=recompute)
+                         mixed_op=mixed_op, memory_format=memory_format, recompute=recompute,
+                         fold_batch_norm=fold_batch_norm)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
 

@@ -56,6 +56,8 @@ class Network(nn.Module):
     ``recompute``: the fused mixed ops keep only their input for the backward pass and compute
     their candidates again there (see ``darts_fast.MixedOp``): far less memory, the same numbers,
     one more forward pass.
+    ``fold_batch_norm``: the fused mixed ops fold their candidates' final BatchNorm into the
+    weighted sum (the default; see ``darts_fast.MixedOp``).
     ``memory_format``: the layout activations take inside the network. ``"auto"`` (the default)
     is channels_last for CPU inputs, where it makes the convolutions of a search step about 25%
     faster, and the input's own layout elsewhere; ``None`` keeps the input's layout. Only the
@@ -63,7 +65,8 @@ class Network(nn.Module):
     """
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
-                 stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False):
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False,
+                 fold_batch_norm=True):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
@@ -78,10 +81,12 @@ class Network(nn.Module):
         self._multiplier = multiplier
         self._stem_multiplier = stem_multiplier
         self._mixed_op = mixed_op
-        if recompute and not (isinstance(mixed_op, type) and issubclass(mixed_op, MixedOp)):
+        fused = isinstance(mixed_op, type) and issubclass(mixed_op, MixedOp)
+        if recompute and not fused:
             raise ValueError(f"Network: recompute needs darts_fast.MixedOp, got mixed_op="
                              f"{getattr(mixed_op, '__name__', mixed_op)}")
         self._recompute = recompute
+        self._fold_batch_norm = fold_batch_norm
         if memory_format not in ("auto", None, torch.channels_last, torch.contiguous_format):
             raise ValueError(f"Network: memory_format must be 'auto', None, torch.channels_last "
                              f"or torch.contiguous_format, got {memory_format!r}")
@@ -97,8 +102,9 @@ class Network(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, functools.partial(mixed_op, recompute=True)
-                        if recompute else mixed_op)
+                        reduction_prev, functools.partial(mixed_op, recompute=recompute,
+                                                          fold_batch_norm=fold_batch_norm)
+                        if fused else mixed_op)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -131,7 +137,8 @@ class Network(nn.Module):
         model_new = type(self)(self._C, self._num_classes, self._layers, self._criterion,
                                self._steps, self._multiplier, self._stem_multiplier,
                                mixed_op=self._mixed_op, memory_format=self._memory_format,
-                               recompute=self._recompute)
+                               recompute=self._recompute,
+                               fold_batch_norm=self._fold_batch_norm)
         ref = self.alphas_normal
         model_new.to(device=ref.device, dtype=ref.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):

@@ -59,10 +59,17 @@ def step_records():
     benchmarks = [bench(second, "reference", 1.0), bench(second, "compiled_reference", 0.5,
                                                           first_call_s=95.0),
                   bench(second, "fused", 0.4), bench(second, "fused_graph", 0.2),
-                  bench(second, "fused_deterministic", 0.6),
-                  bench(first, "reference", 0.3), bench(first, "fused", 0.2)]
-    memory = {(second, "reference"): 1000.0, (second, "fused"): 850.0}
+                  bench(second, "fused_deterministic", 0.6), bench(second, "fused_unfolded", 0.5),
+                  bench(second, "fused_recompute", 0.75),
+                  bench(first, "reference", 0.3), bench(first, "fused", 0.2),
+                  bench(MIXED, "fused", 0.1), bench(MIXED, "fused_unfolded", 0.11),
+                  bench(MIXED, "compiled_reference", 0.12)]
+    memory = {(second, "reference"): 1000.0, (second, "fused"): 650.0,
+              (second, "fused_recompute"): 310.0}
     return report.table(benchmarks, 1e12, memory)
+
+
+MIXED = "MixedOp fwd+bwd C=16 32x32 batch 64 stride 1 cuda"
 
 
 def test_table_compares_each_of_ours_with_each_baseline():
@@ -71,19 +78,26 @@ def test_table_compares_each_of_ours_with_each_baseline():
              if " second order" in r["scenario"]}
     assert pairs[("fused_graph", "reference")] == pytest.approx(5.0)
     assert pairs[("fused", "compiled_reference")] == pytest.approx(1.25)
-    assert "| 0.85 (850 / 1000 MB) |" in text
+    assert "| 0.65 (650 / 1000 MB) |" in text
 
 
 def test_targets_name_each_figure_and_whether_it_is_met():
     _, records = step_records()
     floor = [{"shape": "C16@32x32", "K": 8, "speedup_over_python_sum": 3.5,
               "fused_over_floor": 1.7}]
-    text = report.targets_table(records, floor)
+    text = report.targets_table(records, floor, "cuda")
     assert "| second-order step, fused eager vs original >= 2.0x | 2.50x | yes |" in text
     assert "torch.compile of the original >= 1.3x | 1.25x | NO |" in text
     assert "| second-order step, captured vs original >= 4.0x | 5.00x | yes |" in text
     assert "| first-order step, fused eager vs original >= 2.0x | 1.50x | NO |" in text
-    assert "peak memory fused / original <= 0.9x | 0.85x | yes |" in text
+    assert "peak memory BatchNorm fold / original <= 0.65x | 0.65x | yes |" in text
+    assert "peak memory recompute / original <= 0.3x | 0.31x | NO |" in text
+    assert "step time, BatchNorm fold / without it <= 1.0x | 0.80x | yes |" in text
+    assert "step time, recompute / fused without the fold <= 1.4x | 1.50x | NO |" in text
+    assert f"| {MIXED}: BatchNorm fold vs fused_unfolded >= 1.2x | 1.10x | NO |" in text
+    assert f"| {MIXED}: BatchNorm fold vs compiled_reference >= 1.0x | 1.20x | yes |" in text
+    cpu_only = report.targets_table(records, [], "cpu")
+    assert "captured vs original" not in cpu_only and "fold / without it" in cpu_only
     assert "compiling) step | 95.0 s |" in text
     assert "deterministic mode, step time vs eager fused | 1.50x |" in text
     assert "C16@32x32: time / copy floor <= 1.5x | 1.70x | NO |" in text

@@ -10,9 +10,10 @@ from darts_fast.search_model import Cell
 from helpers import TOLERANCE, rel_err
 
 
-def pair(C, stride, device, dtype, seed=0):
+def pair(C, stride, device, dtype, seed=0, fold_batch_norm=True):
     torch.manual_seed(seed)
-    fused = darts_fast.MixedOp(C, stride).to(device=device, dtype=dtype)
+    fused = darts_fast.MixedOp(C, stride, fold_batch_norm=fold_batch_norm).to(device=device,
+                                                                             dtype=dtype)
     torch.manual_seed(seed)
     ref = reference.MixedOp(C, stride).to(device=device, dtype=dtype)
     return fused, ref
@@ -29,21 +30,28 @@ CASES = [(16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 1, 4), (32, 16, 2, 4), (64, 8,
          (64, 8, 2, 8)]
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("C,HW,stride,batch", CASES)
-def test_matches_reference(device, dtype, C, HW, stride, batch):
-    fused, ref = pair(C, stride, device, dtype)
-    x = torch.randn(batch, C, HW, HW, device=device, dtype=dtype, requires_grad=True)
-    w = torch.softmax(torch.randn(8, device=device, dtype=dtype), 0).requires_grad_()
-    g = torch.randn(batch, C, HW // stride, HW // stride, device=device, dtype=dtype)
-    out_f, grads_f = run(fused, x, w, g)
-    out_r, grads_r = run(ref, x, w, g)
+def test_matches_reference(device, dtype, C, HW, stride, batch, fold):
+    """Training mode twice (running statistics updated twice), then eval mode."""
+    fused, ref = pair(C, stride, device, dtype, fold_batch_norm=fold)
     tol = TOLERANCE[dtype]
-    assert rel_err(out_f, out_r) < tol
-    for a, b in zip(grads_f, grads_r):
-        assert rel_err(a, b) < tol
-    for bf, br in zip(fused.buffers(), ref.buffers()):  # BatchNorm running statistics
-        assert rel_err(bf, br) < tol
+    for mode in ("train", "train", "eval"):
+        fused.train(mode == "train")
+        ref.train(mode == "train")
+        x = torch.randn(batch, C, HW, HW, device=device, dtype=dtype, requires_grad=True)
+        if device.type == "cpu" and mode == "eval":
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.softmax(torch.randn(8, device=device, dtype=dtype), 0).requires_grad_()
+        g = torch.randn(batch, C, HW // stride, HW // stride, device=device, dtype=dtype)
+        out_f, grads_f = run(fused, x, w, g)
+        out_r, grads_r = run(ref, x, w, g)
+        assert rel_err(out_f, out_r) < tol
+        for a, b in zip(grads_f, grads_r):
+            assert rel_err(a, b) < tol
+        for (name, bf), br in zip(fused.named_buffers(), ref.buffers()):  # running statistics
+            assert rel_err(bf, br) < tol, name
 
 
 def test_same_modules_names_and_init():
@@ -55,16 +63,18 @@ def test_same_modules_names_and_init():
     ref.load_state_dict(fused.state_dict())
 
 
-def test_none_skipped_and_identity_not_copied(monkeypatch):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_none_skipped_and_identity_not_copied(monkeypatch, fold):
     seen = {}
-    real = fused_module.weighted_sum
+    name = "batch_norm_weighted_sum" if fold else "weighted_sum"
+    real = getattr(fused_module, name)
 
-    def spy(xs, w):
+    def spy(xs, w, *rest):
         seen["xs"], seen["w"] = list(xs), w
-        return real(xs, w)
+        return real(xs, w, *rest)
 
-    monkeypatch.setattr(fused_module, "weighted_sum", spy)
-    op = darts_fast.MixedOp(4, 1)
+    monkeypatch.setattr(fused_module, name, spy)
+    op = darts_fast.MixedOp(4, 1, fold_batch_norm=fold)
     x = torch.randn(2, 4, 6, 6)
     w = torch.softmax(torch.randn(8), 0)
     op(x, w)

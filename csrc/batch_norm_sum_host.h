@@ -1,0 +1,165 @@
+#pragma once
+
+// Host-side argument checks and preparation for batch_norm_weighted_sum and its backward, shared
+// by the CPU and CUDA implementations.
+#include <ATen/ATen.h>
+
+#include "host_device.h"
+#include "layout.h"
+
+#include <vector>
+
+namespace darts_fast {
+
+inline void check_batch_norm_sum_args(const char* op, at::TensorList ys, const at::Tensor& weights,
+                                      const at::Tensor& mean, const at::Tensor& invstd,
+                                      const c10::List<bool>& batch_stats) {
+  TORCH_CHECK(!ys.empty(), op, ": ys must be a non-empty list of tensors");
+  const at::Tensor& y0 = ys[0];
+  const int64_t K = static_cast<int64_t>(ys.size());
+  TORCH_CHECK(is_supported_float(y0.scalar_type()), op,
+              ": ys must be float32, float64, float16 or bfloat16, got ", y0.scalar_type());
+  TORCH_CHECK(y0.dim() == 4, op, ": ys must be 4-D (N, C, H, W), got shape ", y0.sizes());
+  for (int64_t k = 1; k < K; ++k) {
+    TORCH_CHECK(ys[k].sizes() == y0.sizes() && ys[k].scalar_type() == y0.scalar_type() &&
+                    ys[k].device() == y0.device(),
+                op, ": ys[", k, "] is ", ys[k].scalar_type(), " ", ys[k].sizes(), " on ",
+                ys[k].device(), " but ys[0] is ", y0.scalar_type(), " ", y0.sizes(), " on ",
+                y0.device());
+  }
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == K, op,
+              ": weights must be 1-D with one entry per tensor in ys (", K, "), got shape ",
+              weights.sizes());
+  const bool reduced = y0.scalar_type() == at::kHalf || y0.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(weights.scalar_type() == y0.scalar_type() ||
+                  (reduced && weights.scalar_type() == at::kFloat),
+              op, ": weights must have the dtype of ys (", y0.scalar_type(), ")",
+              reduced ? " or float32" : "", ", got ", weights.scalar_type());
+  const std::vector<int64_t> stats_shape{K, y0.size(1)};
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mean", mean},
+                                std::pair<const char*, const at::Tensor&>{"invstd", invstd}}) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(stats_shape), op, ": ", name,
+                " must have shape [K, C] = ", at::IntArrayRef(stats_shape),
+                " (one row per tensor in ys, one entry per channel), got ", t.sizes());
+    TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be floating point, got ",
+                t.scalar_type());
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"weights", weights},
+                                std::pair<const char*, const at::Tensor&>{"mean", mean},
+                                std::pair<const char*, const at::Tensor&>{"invstd", invstd}}) {
+    TORCH_CHECK(t.device() == y0.device(), op, ": ", name, " is on ", t.device(),
+                " but ys are on ", y0.device());
+  }
+  TORCH_CHECK(static_cast<int64_t>(batch_stats.size()) == K, op,
+              ": batch_stats must have one flag per tensor in ys (", K, "), got ",
+              batch_stats.size());
+}
+
+// A candidate output as the kernels index it: element (o, c, i) at (o * C + c) * inner + i, so a
+// channel is `outer` runs of `inner` elements. NCHW is (N, C, H * W); channels_last is
+// (N * H * W, C, 1).
+struct ChannelGeometry {
+  int64_t outer, C, inner;
+  DARTS_HOST_DEVICE int64_t count() const { return outer * inner; }  // elements per channel
+  DARTS_HOST_DEVICE int64_t numel() const { return outer * C * inner; }
+};
+
+// The layout the kernels read and write: ys[0]'s when it is NCHW or channels_last, NCHW
+// otherwise; with its geometry.
+inline at::MemoryFormat kernel_layout(const at::Tensor& y) {
+  if (y.is_contiguous(at::MemoryFormat::ChannelsLast) && !y.is_contiguous()) {
+    return at::MemoryFormat::ChannelsLast;
+  }
+  return at::MemoryFormat::Contiguous;
+}
+
+inline ChannelGeometry geometry_of(const at::Tensor& y, at::MemoryFormat layout) {
+  const int64_t HW = y.size(2) * y.size(3);
+  if (layout == at::MemoryFormat::ChannelsLast) return {y.size(0) * HW, y.size(1), 1};
+  return {y.size(0), y.size(1), HW};
+}
+
+inline std::vector<at::Tensor> in_layout(at::TensorList ts, at::MemoryFormat layout) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous(layout));
+  return out;
+}
+
+// Forward outputs and kernel-ready inputs. mean/invstd start as the given statistics (in the
+// accumulation dtype); the kernels overwrite the rows of batch statistics, and set their biased
+// variance in `var` (zero elsewhere).
+struct BatchNormSumForward {
+  at::Tensor out, mean, invstd, var, weights;
+  std::vector<at::Tensor> ys;
+  ChannelGeometry geo;
+};
+
+inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::Tensor& weights,
+                                                  const at::Tensor& mean,
+                                                  const at::Tensor& invstd,
+                                                  const c10::List<bool>& batch_stats,
+                                                  c10::DeviceType device_type) {
+  const char* op = "batch_norm_weighted_sum";
+  check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
+              c10::DeviceTypeName(device_type), " tensors");
+  BatchNormSumForward args;
+  const at::MemoryFormat layout = kernel_layout(ys[0]);
+  args.geo = geometry_of(ys[0], layout);
+  const at::ScalarType acc = accumulate_type(ys[0].scalar_type());
+  args.out = at::empty(ys[0].sizes(), ys[0].options().memory_format(layout));
+  args.mean = mean.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  args.invstd = invstd.to(acc, false, true).contiguous();
+  args.var = at::zeros_like(args.mean);
+  args.weights = weights.to(acc).contiguous();
+  args.ys = in_layout(ys, layout);
+  return args;
+}
+
+// Backward outputs and kernel-ready inputs.
+struct BatchNormSumBackward {
+  std::vector<at::Tensor> grad_ys;  // one per flagged tensor of ys, in order
+  at::Tensor grad_weights;          // [0] when not wanted
+  at::Tensor grad, mean, invstd, weights;
+  std::vector<at::Tensor> ys;
+  ChannelGeometry geo;
+};
+
+inline BatchNormSumBackward prepare_batch_norm_sum_backward(
+    const at::Tensor& grad, at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
+    const at::Tensor& invstd, const c10::List<bool>& batch_stats,
+    const c10::List<bool>& ys_need_grad, bool weights_need_grad, c10::DeviceType device_type) {
+  const char* op = "batch_norm_weighted_sum_backward";
+  check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
+              c10::DeviceTypeName(device_type), " tensors");
+  TORCH_CHECK(grad.sizes() == ys[0].sizes() && grad.scalar_type() == ys[0].scalar_type() &&
+                  grad.device() == ys[0].device(),
+              op, ": grad must have the shape, dtype and device of ys (", ys[0].sizes(), ", ",
+              ys[0].scalar_type(), ", ", ys[0].device(), "), got ", grad.sizes(), ", ",
+              grad.scalar_type(), ", ", grad.device());
+  TORCH_CHECK(ys_need_grad.size() == ys.size(), op,
+              ": ys_need_grad must have one flag per tensor in ys (", ys.size(), "), got ",
+              ys_need_grad.size());
+  BatchNormSumBackward args;
+  const at::MemoryFormat layout = kernel_layout(ys[0]);
+  args.geo = geometry_of(ys[0], layout);
+  const at::ScalarType acc = accumulate_type(ys[0].scalar_type());
+  for (size_t k = 0; k < ys.size(); ++k) {
+    if (ys_need_grad.get(k)) {
+      args.grad_ys.push_back(at::empty(ys[0].sizes(), ys[0].options().memory_format(layout)));
+    }
+  }
+  args.grad_weights = weights_need_grad ? at::zeros({static_cast<int64_t>(ys.size())},
+                                                    weights.options())
+                                        : at::empty({0}, weights.options());
+  args.grad = grad.contiguous(layout);
+  args.ys = in_layout(ys, layout);
+  args.mean = mean.to(acc).contiguous();
+  args.invstd = invstd.to(acc).contiguous();
+  args.weights = weights.to(acc).contiguous();
+  return args;
+}
+
+}  // namespace darts_fast

@@ -1,0 +1,273 @@
+// CPU kernels of darts_fast::batch_norm_weighted_sum and its backward. Rows (o) of C * inner
+// elements are processed in blocks of a fixed size, independent of the thread count; per-channel
+// sums are taken per block and then over blocks in order, in double: the same bits on every run
+// and with any number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "batch_norm_sum_host.h"
+#include "batch_norm_sum_math.h"
+
+namespace darts_fast {
+namespace {
+
+constexpr int64_t kBlock = 16384;  // elements per block, about
+
+// Rows [begin, end) of the blocks of rows.
+struct RowBlocks {
+  int64_t rows, count;
+  explicit RowBlocks(const ChannelGeometry& geo)
+      : rows(std::max<int64_t>(1, kBlock / std::max<int64_t>(1, geo.C * geo.inner))),
+        count((geo.outer + rows - 1) / rows) {}
+};
+
+// f(c, j) for every element j of `rows` consecutive rows (j counted from the first), with its
+// channel c. With inner == 1 (channels_last) the channel is the fastest index: a loop over it,
+// which vectorizes; otherwise a loop over each channel's run of inner elements.
+template <typename F>
+inline void for_each_element(int64_t rows, int64_t C, int64_t inner, const F& f) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (inner == 1) {
+      for (int64_t c = 0; c < C; ++c) f(c, r * C + c);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t j = (r * C + c) * inner; j < (r * C + c + 1) * inner; ++j) f(c, j);
+      }
+    }
+  }
+}
+
+// acc[c] += the sum of term(c, j) over the elements j of channel c in `rows` consecutive rows.
+// The runs of a channel (inner > 1) are summed in independent lanes, so that the loop vectorizes
+// instead of serialising on one sum's addition latency; every order is fixed.
+template <typename Term>
+inline void add_channel_sums(int64_t rows, int64_t C, int64_t inner, double* acc,
+                             const Term& term) {
+  if (inner == 1) {
+    for_each_element(rows, C, 1, [&](int64_t c, int64_t j) { acc[c] += term(c, j); });
+    return;
+  }
+  constexpr int64_t kLanes = 8;
+  const int64_t full = inner - inner % kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t start = (r * C + c) * inner;
+      double lanes[kLanes] = {};
+      for (int64_t i = 0; i < full; i += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(c, start + i + l);
+      }
+      double sum = 0.0;
+      for (int64_t i = full; i < inner; ++i) sum += term(c, start + i);
+      for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+      acc[c] += sum;
+    }
+  }
+}
+
+// Per-channel sums of `terms` quantities: add_rows(first_row, rows, acc) adds those rows' share
+// to acc[term * C + c]. Returns the [terms * C] totals.
+template <typename AddRows>
+std::vector<double> channel_sums(const ChannelGeometry& geo, int64_t terms,
+                                 const AddRows& add_rows) {
+  const RowBlocks blocks(geo);
+  const int64_t width = terms * geo.C;
+  std::vector<double> partials(blocks.count * width, 0.0);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * blocks.rows;
+      add_rows(first, std::min(blocks.rows, geo.outer - first), partials.data() + b * width);
+    }
+  });
+  std::vector<double> total(width, 0.0);
+  for (int64_t b = 0; b < blocks.count; ++b) {
+    for (int64_t j = 0; j < width; ++j) total[j] += partials[b * width + j];
+  }
+  return total;
+}
+
+// f(offset, rows) over the blocks of rows, in parallel; offset: the block's first element.
+template <typename F>
+void parallel_over_rows(const ChannelGeometry& geo, const F& f) {
+  const RowBlocks blocks(geo);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * blocks.rows;
+      f(first * geo.C * geo.inner, std::min(blocks.rows, geo.outer - first));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_sum_cpu(
+    at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
+    const at::Tensor& invstd, const c10::List<bool>& batch_stats, double eps) {
+  BatchNormSumForward args = prepare_batch_norm_sum(ys, weights, mean, invstd, batch_stats,
+                                                    c10::DeviceType::CPU);
+  const ChannelGeometry geo = args.geo;
+  const int64_t K = static_cast<int64_t>(ys.size()), C = geo.C, inner = geo.inner;
+  if (geo.numel() == 0) return {args.out, args.mean, args.invstd, args.var};
+  std::vector<int64_t> batch;  // the rows of batch statistics
+  for (int64_t k = 0; k < K; ++k) {
+    if (batch_stats.get(k)) batch.push_back(k);
+  }
+  const int64_t B = static_cast<int64_t>(batch.size());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.out.scalar_type(),
+                                  "batch_norm_weighted_sum_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<const scalar_t*> y(K);
+    for (int64_t k = 0; k < K; ++k) y[k] = args.ys[k].const_data_ptr<scalar_t>();
+    acc_t* mean_p = args.mean.mutable_data_ptr<acc_t>();
+    acc_t* invstd_p = args.invstd.mutable_data_ptr<acc_t>();
+    acc_t* var_p = args.var.mutable_data_ptr<acc_t>();
+    if (B > 0) {  // two passes: the mean, then the squared deviations from it
+      const double count = static_cast<double>(geo.count());
+      const std::vector<double> sums = channel_sums(geo, B, [&](int64_t first, int64_t rows,
+                                                                double* acc) {
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* base = y[batch[b]] + first * C * inner;
+          add_channel_sums(rows, C, inner, acc + b * C,
+                           [&](int64_t, int64_t j) { return static_cast<double>(base[j]); });
+        }
+      });
+      std::vector<double> mu(B * C);
+      for (int64_t j = 0; j < B * C; ++j) mu[j] = sums[j] / count;
+      const std::vector<double> squares = channel_sums(geo, B, [&](int64_t first, int64_t rows,
+                                                                   double* acc) {
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* base = y[batch[b]] + first * C * inner;
+          const double* m = mu.data() + b * C;
+          add_channel_sums(rows, C, inner, acc + b * C, [&](int64_t c, int64_t j) {
+            const double d = static_cast<double>(base[j]) - m[c];
+            return d * d;
+          });
+        }
+      });
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t kc = batch[b] * C + c;
+          mean_p[kc] = static_cast<acc_t>(mu[b * C + c]);
+          var_p[kc] = static_cast<acc_t>(squares[b * C + c] / count);
+          invstd_p[kc] = inverse_std(var_p[kc], eps);
+        }
+      }
+    }
+    const acc_t* w = args.weights.const_data_ptr<acc_t>();
+    scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
+    parallel_over_rows(geo, [&](int64_t offset, int64_t rows) {
+      std::vector<acc_t> acc(rows * C * inner, acc_t(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t* yk = y[k] + offset;
+        const acc_t* m = mean_p + k * C;
+        const acc_t* r = invstd_p + k * C;
+        for_each_element(rows, C, inner, [&](int64_t c, int64_t j) {
+          acc[j] = batch_norm_sum_term(acc[j], w[k], static_cast<acc_t>(yk[j]), m[c], r[c]);
+        });
+      }
+      for (size_t j = 0; j < acc.size(); ++j) out[offset + j] = static_cast<scalar_t>(acc[j]);
+    });
+  });
+  return {args.out, args.mean, args.invstd, args.var};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_weighted_sum_backward_cpu(
+    const at::Tensor& grad, at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
+    const at::Tensor& invstd, const c10::List<bool>& batch_stats,
+    const c10::List<bool>& ys_need_grad, bool weights_need_grad) {
+  BatchNormSumBackward args = prepare_batch_norm_sum_backward(
+      grad, ys, weights, mean, invstd, batch_stats, ys_need_grad, weights_need_grad,
+      c10::DeviceType::CPU);
+  const ChannelGeometry geo = args.geo;
+  const int64_t K = static_cast<int64_t>(ys.size()), C = geo.C, inner = geo.inner;
+  if (geo.numel() == 0 || (args.grad_ys.empty() && !weights_need_grad)) {
+    return {args.grad_ys, args.grad_weights};
+  }
+  // S_k = sum g * yhat_k where the weight gradient or a batch row's input gradient needs it.
+  std::vector<char> need_sum(K);
+  for (int64_t k = 0; k < K; ++k) {
+    need_sum[k] = weights_need_grad || (batch_stats.get(k) && ys_need_grad.get(k));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.grad.scalar_type(),
+                                  "batch_norm_weighted_sum_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = args.grad.const_data_ptr<scalar_t>();
+    std::vector<const scalar_t*> y(K);
+    for (int64_t k = 0; k < K; ++k) y[k] = args.ys[k].const_data_ptr<scalar_t>();
+    const acc_t* mean_p = args.mean.const_data_ptr<acc_t>();
+    const acc_t* invstd_p = args.invstd.const_data_ptr<acc_t>();
+    const acc_t* w = args.weights.const_data_ptr<acc_t>();
+    // Terms 0..K-1: S_k; term K: S_g = sum g.
+    const std::vector<double> sums = channel_sums(geo, K + 1, [&](int64_t first, int64_t rows,
+                                                                  double* acc) {
+      const int64_t offset = first * C * inner;
+      const scalar_t* g_rows = g + offset;
+      add_channel_sums(rows, C, inner, acc + K * C,
+                       [&](int64_t, int64_t j) { return static_cast<double>(g_rows[j]); });
+      for (int64_t k = 0; k < K; ++k) {
+        if (!need_sum[k]) continue;
+        const acc_t* m = mean_p + k * C;
+        const acc_t* r = invstd_p + k * C;
+        const scalar_t* y_rows = y[k] + offset;
+        add_channel_sums(rows, C, inner, acc + k * C, [&](int64_t c, int64_t j) {
+          return static_cast<double>(static_cast<acc_t>(g_rows[j]) *
+                                     normalized(static_cast<acc_t>(y_rows[j]), m[c], r[c]));
+        });
+      }
+    });
+    if (weights_need_grad) {
+      at::Tensor total = at::zeros({K}, args.mean.options().dtype(at::kDouble));
+      double* total_p = total.mutable_data_ptr<double>();
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t c = 0; c < C; ++c) total_p[k] += sums[k * C + c];
+      }
+      args.grad_weights = total.to(weights.scalar_type());
+    }
+    if (args.grad_ys.empty()) return;
+    std::vector<scalar_t*> gy(K, nullptr);
+    for (int64_t k = 0, next = 0; k < K; ++k) {
+      if (ys_need_grad.get(k)) gy[k] = args.grad_ys[next++].mutable_data_ptr<scalar_t>();
+    }
+    // Per channel: the two means of the batch rows' correction.
+    const double count = static_cast<double>(geo.count());
+    std::vector<acc_t> mean_g(C), mean_g_yhat(K * C);
+    for (int64_t c = 0; c < C; ++c) mean_g[c] = static_cast<acc_t>(sums[K * C + c] / count);
+    for (int64_t kc = 0; kc < K * C; ++kc) mean_g_yhat[kc] = static_cast<acc_t>(sums[kc] / count);
+    parallel_over_rows(geo, [&](int64_t offset, int64_t rows) {
+      const scalar_t* g_rows = g + offset;
+      for (int64_t k = 0; k < K; ++k) {
+        if (!gy[k]) continue;
+        const acc_t* m = mean_p + k * C;
+        const acc_t* r = invstd_p + k * C;
+        const acc_t* mgy = mean_g_yhat.data() + k * C;
+        const scalar_t* y_rows = y[k] + offset;
+        scalar_t* out = gy[k] + offset;
+        if (batch_stats.get(k)) {
+          for_each_element(rows, C, inner, [&](int64_t c, int64_t j) {
+            out[j] = static_cast<scalar_t>(batch_norm_sum_input_grad(
+                w[k], r[c], static_cast<acc_t>(g_rows[j]),
+                normalized(static_cast<acc_t>(y_rows[j]), m[c], r[c]), mean_g[c], mgy[c]));
+          });
+        } else {
+          for_each_element(rows, C, inner, [&](int64_t c, int64_t j) {
+            out[j] = static_cast<scalar_t>(
+                batch_norm_sum_fixed_input_grad(w[k], r[c], static_cast<acc_t>(g_rows[j])));
+          });
+        }
+      }
+    });
+  });
+  return {args.grad_ys, args.grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(darts_fast, CPU, m) {
+  m.impl("batch_norm_weighted_sum", &batch_norm_weighted_sum_cpu);
+  m.impl("batch_norm_weighted_sum_backward", &batch_norm_weighted_sum_backward_cpu);
+}
+
+}  // namespace darts_fast

@@ -1,0 +1,161 @@
+"""batch_norm_weighted_sum, the weighted sum with the candidates' final BatchNorm folded in,
+against nn.functional.batch_norm followed by the weighted sum (float64 and float32), gradcheck,
+opcheck, and what bad input gets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from darts_fast import kernels
+from helpers import TOLERANCE, rel_err
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+def inputs(device, dtype, K=4, shape=(3, 5, 4, 6), layout=torch.contiguous_format, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ys = [(2 * torch.randn(shape, generator=g, dtype=torch.float64) + k).to(device, dtype)
+          .contiguous(memory_format=layout).requires_grad_() for k in range(K)]
+    w = torch.softmax(torch.randn(K, generator=g, dtype=torch.float64), 0).to(device, dtype)
+    mean = torch.randn(K, shape[1], generator=g, dtype=torch.float64).to(device)
+    var = torch.rand(K, shape[1], generator=g, dtype=torch.float64).to(device) + 0.5
+    return ys, w.requires_grad_(), mean, var
+
+
+def expected(ys, w, mean, var, batch_stats, eps):
+    """Each y through F.batch_norm (training mode for the batch rows, the given statistics for
+    the others), then weighted: what the original mixed op computes."""
+    out, stats = 0, []
+    for k, y in enumerate(ys):
+        rm, rv = mean[k].clone().to(y.dtype), var[k].clone().to(y.dtype)
+        normalised = F.batch_norm(y, rm, rv, training=batch_stats[k], momentum=1.0, eps=eps)
+        out = out + w[k] * normalised
+        stats.append((rm, rv))  # momentum 1: the batch mean and unbiased variance
+    return out, stats
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_batch_norm_then_weighted_sum(device, dtype, layout):
+    ys, w, mean, var = inputs(device, dtype, layout=layout)
+    batch_stats, eps = [True, False, True, True], 1e-5
+    invstd = torch.rsqrt(var + eps)
+    out, used_mean, used_invstd, batch_var = kernels.batch_norm_weighted_sum(
+        ys, w, mean, invstd, batch_stats, eps)
+    ref, stats = expected(ys, w, mean, var, batch_stats, eps)
+    tol = TOLERANCE[dtype]
+    assert out.dtype == dtype and rel_err(out, ref) < tol
+    n = ys[0].numel() // ys[0].shape[1]
+    for k in range(len(ys)):
+        if batch_stats[k]:
+            assert rel_err(used_mean[k], stats[k][0]) < tol
+            assert rel_err(batch_var[k] * n / (n - 1), stats[k][1]) < tol
+        else:
+            assert torch.equal(used_mean[k], mean[k].to(used_mean.dtype))
+            assert rel_err(used_invstd[k], invstd[k]) < tol and not batch_var[k].any()
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [*ys, w], g)
+    want = torch.autograd.grad(ref, [*ys, w], g)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_gradcheck_and_gradgradcheck(layout):
+    ys, w, mean, var = inputs("cpu", torch.float64, K=3, shape=(2, 3, 3, 2), layout=layout)
+    invstd = torch.rsqrt(var + 1e-3)
+
+    def fn(*args):
+        return kernels.batch_norm_weighted_sum(args[:-1], args[-1], mean, invstd,
+                                               [True, False, True], 1e-3)[0]
+
+    assert torch.autograd.gradcheck(fn, (*ys, w))
+    assert torch.autograd.gradgradcheck(fn, (*ys, w))
+
+
+def test_gradients_without_the_weight_gradient_or_batch_rows():
+    """The paths that keep no ys: fixed statistics and constant weights."""
+    ys, w, mean, var = inputs("cpu", torch.float64)
+    w = w.detach()
+    invstd = torch.rsqrt(var + 1e-5)
+    out = kernels.batch_norm_weighted_sum(ys, w, mean, invstd, [False] * 4, 1e-5)[0]
+    ref, _ = expected(ys, w, mean, var, [False] * 4, 1e-5)
+    g = torch.randn_like(out, requires_grad=True)
+    got = torch.autograd.grad(out, ys, g, create_graph=True)
+    want = torch.autograd.grad(ref, ys, g, create_graph=True)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-12
+    assert rel_err(torch.autograd.grad(got[0].sum(), g)[0],
+                   torch.autograd.grad(want[0].sum(), g)[0]) < 1e-12
+
+
+def test_opcheck():
+    ys, w, mean, var = inputs("cpu", torch.float32)
+    args = (ys, w, mean.float(), torch.rsqrt(var + 1e-5).float(), [True, False, True, False], 1e-5)
+    torch.library.opcheck(torch.ops.darts_fast.batch_norm_weighted_sum.default, args)
+    g = torch.randn(ys[0].shape)
+    detached = [y.detach() for y in ys]
+    stats = kernels.batch_norm_weighted_sum(*args)[1:3]
+    torch.library.opcheck(torch.ops.darts_fast.batch_norm_weighted_sum_backward.default,
+                          (g, detached, w.detach(), *stats, args[4], [True, False, True, True],
+                           True))
+
+
+def test_same_bits_on_every_run_and_thread_count():
+    ys, w, mean, var = inputs("cpu", torch.float32, shape=(16, 8, 16, 16))
+    invstd = torch.rsqrt(var + 1e-5).float()
+
+    def once():
+        out = kernels.batch_norm_weighted_sum(ys, w, mean.float(), invstd, [True] * 4, 1e-5)
+        return [out[0], *torch.autograd.grad(out[0], [*ys, w], torch.ones_like(out[0]))]
+
+    first = once()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = once()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, once(), single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_empty_batch():
+    ys = [torch.zeros(0, 3, 4, 4, requires_grad=True) for _ in range(2)]
+    w = torch.tensor([0.5, 0.5], requires_grad=True)
+    out, mean, invstd, var = kernels.batch_norm_weighted_sum(ys, w, torch.zeros(2, 3),
+                                                              torch.ones(2, 3), [True, True], 1e-5)
+    assert out.shape == (0, 3, 4, 4)
+    grads = torch.autograd.grad(out, [*ys, w], torch.zeros_like(out))
+    assert grads[0].shape == (0, 3, 4, 4) and torch.equal(grads[-1], torch.zeros(2))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: a.update(mean=torch.zeros(3, 5)), r"mean must have shape \[K, C\] = \[4, 5\]"),
+    (lambda a: a.update(invstd=torch.ones(4, 4)), r"invstd must have shape \[K, C\] = \[4, 5\]"),
+    (lambda a: a.update(weights=torch.ones(3)), "weights must be 1-D with one entry per tensor"),
+    (lambda a: a.update(batch_stats=[True]), "batch_stats must have one flag per tensor in ys"),
+    (lambda a: a.update(ys=[torch.randn(3, 5, 4)] * 4), "ys must be 4-D"),
+    (lambda a: a.update(ys=a["ys"][:3] + [torch.randn(3, 5, 4, 5)]), r"ys\[3\] is"),
+    (lambda a: a.update(mean=torch.zeros(4, 5, requires_grad=True)), "mean is a constant"),
+])
+def test_bad_input_is_named(change, message):
+    ys, w, mean, var = inputs("cpu", torch.float32)
+    args = dict(ys=[y.detach() for y in ys], weights=w.detach(), mean=mean.float(),
+                invstd=var.float(), batch_stats=[True] * 4, eps=1e-5)
+    change(args)
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        kernels.batch_norm_weighted_sum(**args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_on_cuda(dtype):
+    """float16/bfloat16 ys with float32 statistics: the float32 result, rounded once."""
+    ys, w, mean, var = inputs("cuda", torch.float32, K=9, shape=(4, 6, 8, 8))
+    args = (mean.float(), torch.rsqrt(var + 1e-5).float(), [k % 3 != 0 for k in range(9)], 1e-5)
+    exact = kernels.batch_norm_weighted_sum(ys, w, *args)
+    low = kernels.batch_norm_weighted_sum([y.detach().to(dtype) for y in ys], w.detach().float(),
+                                          *args)
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    assert low[0].dtype == dtype and rel_err(low[0], exact[0]) < tol
+    assert low[1].dtype == torch.float32 and rel_err(low[1], exact[1]) < tol
