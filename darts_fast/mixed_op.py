@@ -15,7 +15,8 @@ written nor kept for the backward pass. The BatchNorm modules stay where they ar
 buffers: the op reads their settings and updates their running statistics as
 ``nn.BatchNorm2d`` does (training mode: batch statistics, momentum, unbiased running variance,
 ``num_batches_tracked``; eval mode: the running statistics), so state dicts and checkpoints are
-those of the original.
+those of the original. The max-pool candidate keeps no int64 indices for its backward pass
+(``darts_fast.max_pool``).
 
 ``recompute=True`` keeps only the op's input for the backward pass and computes the candidates
 again there (``torch.utils.checkpoint``): a mixed op then stores one tensor instead of the
@@ -33,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import max_pool
 from .genotypes import PRIMITIVES
 from .kernels import batch_norm_weighted_sum, weighted_sum
 from .operations import Zero, candidate_ops
@@ -90,7 +92,8 @@ class MixedOp(nn.Module):
             elif fold == _SEQUENTIAL_FEATURES:
                 y = x
                 for module in itertools.islice(op, len(op) - 1):
-                    y = module(y)
+                    y = max_pool.max_pool2d(module, y) if max_pool.is_max_pool(module) \
+                        else module(y)
                 ys.append(y)
                 bns.append(op[-1])
             else:

@@ -27,9 +27,9 @@ def networks(fused_cls, device, dtype, seed=0, steps=4):
     return a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
-def batches(device, dtype, n=4, seed=1):
+def batches(device, dtype, n=4, seed=1, size=16):
     g = torch.Generator().manual_seed(seed)
-    make = lambda: (torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64)  # noqa: E731
+    make = lambda: (torch.randn(n, 3, size, size, generator=g, dtype=torch.float64)  # noqa: E731
                     .to(device=device, dtype=dtype),
                     torch.randint(0, 10, (n,), generator=g).to(device))
     return (*make(), *make())
@@ -67,8 +67,11 @@ def test_matches_reference_over_two_search_steps(device, dtype, unrolled, fused_
     of, orr = sgd(mf), sgd(mr)
     af, ar = darts_fast.Architect(mf, ARGS), reference.Architect(mr, ARGS)
     tol = TOLERANCE[dtype]
+    # float64 checks the algebra (8x8 images suffice); float32 the rounding at the contract's
+    # tolerance, on 16x16 images (per-channel statistics over fewer pixels round worse).
+    size = 16 if dtype == torch.float32 else 8
     for step in range(2):  # step 0: no momentum buffers yet; step 1: buffers present
-        xt, yt, xv, yv = batches(device, dtype, seed=step)
+        xt, yt, xv, yv = batches(device, dtype, seed=step, size=size)
         weights_before = [p.detach().clone() for p in mf.parameters()]
         af.step(xt, yt, xv, yv, ETA, of, unrolled)
         ar.step(xt, yt, xv, yv, ETA, orr, unrolled)
