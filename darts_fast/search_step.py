@@ -32,11 +32,18 @@ again, which reads the flag once.
 
 The returned ``loss`` and ``logits`` are detached; in graph mode they are the graph's static
 outputs, overwritten by the next call (consume or copy them before it).
+
+Several processes (``torchrun``): give the DDP-wrapped model (and the architect built on it).
+The weight step goes through DDP, which averages the gradients over the ranks; whether a step is
+kept is agreed over the ranks (one all-reduce of a flag), so every rank keeps or undoes it alike.
+BatchNorm running statistics stay per rank with ``broadcast_buffers=False``; DDP's default copies
+rank 0's at every forward.
 """
 import torch
 import torch.nn as nn
 
 from . import kernels
+from .distributed import all_ranks_agree
 from .skip import all_finite, copy_into, count_skip, state_tensors
 
 
@@ -63,6 +70,8 @@ class SearchStep:
             raise ValueError(f"SearchStep: cuda_graph=True needs the model on a CUDA device, "
                              f"it is on {device}")
         self.model, self.architect, self.optimizer = model, architect, optimizer
+        self.process_group = model.process_group \
+            if isinstance(model, nn.parallel.DistributedDataParallel) else None
         self.criterion, self.grad_clip, self.unrolled = criterion, grad_clip, unrolled
         self.cuda_graph, self.warmup = cuda_graph, warmup
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
@@ -118,7 +127,9 @@ class SearchStep:
             grad_norm = kernels.multi_tensor_norm([p.grad for p in with_grad])
         optimizer.step()
         with torch.no_grad():
-            finite = all_finite([loss, grad_norm, kernels.multi_tensor_norm(params)])
+            finite = all_ranks_agree(
+                all_finite([loss, grad_norm, kernels.multi_tensor_norm(params)]),
+                self.process_group)
             kernels.multi_tensor_revert_(changed, self._saved, finite)
             self.skipped_steps = count_skip(self.skipped_steps, finite)
         if creates_state and not bool(finite):  # the one host read: see the module docstring

@@ -35,6 +35,16 @@ def shard(step, rank):
 
 SCENARIOS = {"second-order-group": (True, False), "second-order-ddp": (True, True),
              "first-order-ddp": (False, True)}  # name: (unrolled, model wrapped in DDP)
+SEARCH_STEPS = 3  # whole search steps (architect and weight step) through SearchStep and DDP
+
+
+class OneRankInfiniteLoss(nn.CrossEntropyLoss):
+    """An infinite loss on rank 1 alone, with the gradients of the plain loss everywhere: only
+    the loss says the step must be undone, and only on one rank."""
+
+    def forward(self, logits, target):
+        loss = super().forward(logits, target)
+        return loss + float("inf") if dist.get_rank() == 1 else loss
 
 
 def worker(rank, init_file, out_dir):
@@ -55,8 +65,44 @@ def worker(rank, init_file, out_dir):
                         "buffers": [b.clone() for b in model.buffers()],
                         "weights": [p.detach().clone() for p in model.parameters()]},
                        os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+        for unrolled in (False, True):
+            model, step = search_step(unrolled, nn.CrossEntropyLoss())
+            for s in range(SEARCH_STEPS):
+                step(*shard(s, rank), ETA)
+            alphas = model.arch_parameters()
+            darts_fast.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
+            with torch.no_grad():  # one ulp of drift on one rank
+                if rank == 1:
+                    alphas[0].view(-1)[0] = torch.nextafter(alphas[0].view(-1)[0],
+                                                            alphas[0].new_tensor(1.0))
+            try:
+                darts_fast.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
+                drift = None
+            except RuntimeError as e:
+                drift = str(e)
+            torch.save({"alphas": [a.detach() for a in alphas],
+                        "buffers": [b.clone() for b in model.buffers()],
+                        "weights": [p.detach().clone() for p in model.parameters()],
+                        "drift": drift},
+                       os.path.join(out_dir, f"search-step-{int(unrolled)}-rank{rank}.pt"))
+        model, step = search_step(False, OneRankInfiniteLoss())
+        before = [p.detach().clone() for p in model.parameters()]
+        step(*shard(0, rank), ETA)
+        torch.save({"kept": any(not torch.equal(p, b) for p, b in zip(model.parameters(), before)),
+                    "skipped": int(step.skipped_steps)},
+                   os.path.join(out_dir, f"skip-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def search_step(unrolled, criterion):
+    """A SearchStep over the DDP-wrapped network (BatchNorm statistics kept per rank)."""
+    model = network()
+    ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
+                                weight_decay=ARGS.weight_decay)
+    return model, darts_fast.SearchStep(ddp, darts_fast.Architect(ddp, ARGS), optimizer,
+                                        criterion, grad_clip=5.0, unrolled=unrolled)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +121,17 @@ def grads(loss, tensors):
     return torch.autograd.grad(loss, tensors, allow_unused=True)
 
 
-def oracle(unrolled):
+def oracle(unrolled, steps=STEPS, weight_steps=False):
     """The averaged formulas, step by step, on one model per rank (shared weights and alphas,
-    separate BatchNorm statistics)."""
+    separate BatchNorm statistics); with ``weight_steps``, each architecture step is followed by
+    the original's weight step on the averaged gradient (clipped to norm 5, SGD)."""
     models = [network() for _ in range(WORLD)]
     alphas = models[0].arch_parameters()
     adam = torch.optim.Adam(alphas, lr=ARGS.arch_learning_rate, betas=(0.5, 0.999),
                             weight_decay=ARGS.arch_weight_decay)
-    for step in range(STEPS):
+    sgd = torch.optim.SGD(models[0].parameters(), ETA, momentum=ARGS.momentum,
+                          weight_decay=ARGS.weight_decay)
+    for step in range(steps):
         data = [shard(step, r) for r in range(WORLD)]
         if not unrolled:
             hyper = mean([grads(m._loss(d[2], d[3]), m.arch_parameters())
@@ -91,7 +140,10 @@ def oracle(unrolled):
             w = [p.detach().clone() for p in models[0].parameters()]
             g_w = mean([grads(m._loss(d[0], d[1]), list(m.parameters()))
                         for m, d in zip(models, data)])
-            w_virtual = [wi - ETA * (gi + ARGS.weight_decay * wi) for wi, gi in zip(w, g_w)]
+            moment = [ARGS.momentum * sgd.state[p]["momentum_buffer"] if p in sgd.state else 0
+                      for p in models[0].parameters()]  # the weight steps' momentum, if any
+            w_virtual = [wi - ETA * (mi + gi + ARGS.weight_decay * wi)
+                         for wi, gi, mi in zip(w, g_w, moment)]
             at_virtual = []
             for m, d in zip(models, data):
                 unrolled_model = copy.deepcopy(m)  # scratch BatchNorm statistics, as the original
@@ -126,6 +178,18 @@ def oracle(unrolled):
             with torch.no_grad():
                 for a, a0 in zip(m.arch_parameters(), alphas):
                     a.copy_(a0)
+        if weight_steps:
+            data = [shard(step, r) for r in range(WORLD)]
+            g_w = mean([grads(m._loss(d[0], d[1]), list(m.parameters()))
+                        for m, d in zip(models, data)])
+            for p, g in zip(models[0].parameters(), g_w):
+                p.grad = g
+            nn.utils.clip_grad_norm_(models[0].parameters(), 5.0)
+            sgd.step()
+            for m in models[1:]:
+                with torch.no_grad():
+                    for p, p0 in zip(m.parameters(), models[0].parameters()):
+                        p.copy_(p0)
     return models
 
 
@@ -142,3 +206,39 @@ def test_two_processes_equal_the_averaged_formulas(two_process_runs, name):
             assert torch.allclose(got.double(), expected.double(), rtol=1e-10, atol=1e-12), r
         for got, expected in zip(saved["weights"], model.parameters()):
             assert torch.equal(got, expected.detach())  # restored bit for bit
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_search_steps_through_ddp_equal_the_averaged_formulas(two_process_runs, unrolled):
+    """Three whole search steps (SearchStep over DDP): alphas and weights equal on both ranks and
+    equal to the single-process computation of the averaged formulas; statistics per shard."""
+    ranks = [torch.load(two_process_runs / f"search-step-{int(unrolled)}-rank{r}.pt")
+             for r in range(WORLD)]
+    models = oracle(unrolled, steps=SEARCH_STEPS, weight_steps=True)
+    for r, (saved, model) in enumerate(zip(ranks, models)):
+        for got, expected in zip(saved["alphas"], model.arch_parameters()):
+            expected = expected.detach()
+            if r == 1:  # the one-ulp drift the worker added after the steps
+                expected = expected.clone()
+                expected.view(-1)[0] = torch.nextafter(expected.view(-1)[0],
+                                                       expected.new_tensor(1.0))
+            assert torch.allclose(got, expected, rtol=0, atol=1e-12), r
+        for got, expected in zip(saved["weights"], model.parameters()):
+            assert torch.allclose(got, expected.detach(), rtol=1e-10, atol=1e-12), r
+        for got, expected in zip(saved["buffers"], model.buffers()):
+            assert torch.allclose(got.double(), expected.double(), rtol=1e-10, atol=1e-12), r
+    for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]):
+        assert torch.equal(a, b)
+
+
+def test_drifting_alphas_are_named_on_every_rank(two_process_runs):
+    for r in range(WORLD):
+        saved = torch.load(two_process_runs / f"search-step-1-rank{r}.pt")
+        assert saved["drift"] == "the alphas differ between the ranks: rank(s) 1 hold other " \
+                                 "values than rank 0"
+
+
+def test_a_step_one_rank_finds_not_finite_is_undone_on_every_rank(two_process_runs):
+    for r in range(WORLD):
+        saved = torch.load(two_process_runs / f"skip-rank{r}.pt")
+        assert not saved["kept"] and saved["skipped"] == 1, r
