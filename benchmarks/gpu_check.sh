@@ -98,11 +98,15 @@ PY
 # tool's outcome is recorded, with "device not supported" told apart from an error it found.
 sanitizer() {
   local selection="tests/test_weighted_sum.py tests/test_multi_tensor.py"
+  selection+=" tests/test_batch_norm_sum.py"
   local tool k
   : >"$out/sanitizer.log"
   for tool in memcheck racecheck synccheck; do
     if [ "$tool" = memcheck ]; then k="cuda and not compile and not opcheck"
-    else k="cuda and (matches_python_sum or rounded_once or test_norm or revert)"; fi
+    else
+      k="cuda and (matches_python_sum or rounded_once or test_norm or revert"
+      k+=" or matches_batch_norm)"
+    fi
     compute-sanitizer --tool "$tool" --error-exitcode 99 \
       "$python" -m pytest -q -x -p no:cacheprovider $selection -k "$k" --benchmark-disable \
       >/tmp/sanitizer-$tool.txt 2>&1

@@ -100,13 +100,15 @@ class MixedOp(nn.Module):
                 ys.append(op.forward_from_relu(relu_x) if hasattr(op, "forward_from_relu")
                           else op(x))
                 bns.append(None)
-        folded = [bn for bn in bns if bn is not None]
+        eps = next(bn.eps for bn in bns if bn is not None)
+        if any(bn is not None and bn.eps != eps for bn in bns):
+            raise ValueError("MixedOp: the folded BatchNorms must share one eps; build the op "
+                             "with fold_batch_norm=False to give them different ones")
         batch_stats = [bn is not None and (bn.training or bn.running_mean is None) for bn in bns]
         if any(batch_stats):
             _check_batch_size(ys[0])
-        mean, invstd = _fixed_statistics(bns, batch_stats, ys[0])
-        out, mean, _, var = batch_norm_weighted_sum(ys, weights, mean, invstd, batch_stats,
-                                                    folded[0].eps)
+        mean, invstd = _fixed_statistics(bns, batch_stats, ys[0], eps)
+        out, mean, _, var = batch_norm_weighted_sum(ys, weights, mean, invstd, batch_stats, eps)
         updated = [k for k, bn in enumerate(bns)
                    if batch_stats[k] and bn.training and bn.track_running_stats]
         if updated:
@@ -140,17 +142,18 @@ def _check_batch_size(y):
                          f"{list(y.shape)}")
 
 
-def _fixed_statistics(bns, batch_stats, y):
+def _fixed_statistics(bns, batch_stats, y, eps):
     """[K, C] mean and invstd for the rows that do not take batch statistics: the running
     statistics of a BatchNorm in eval mode, 0 and 1 for a candidate without one."""
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     K, C = len(bns), y.shape[1]
     mean = torch.zeros(K, C, dtype=dtype, device=y.device)
     invstd = torch.ones(K, C, dtype=dtype, device=y.device)
-    for k, bn in enumerate(bns):
-        if bn is not None and not batch_stats[k]:
-            mean[k] = bn.running_mean
-            invstd[k] = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+    running = [k for k, bn in enumerate(bns) if bn is not None and not batch_stats[k]]
+    if running:
+        mean[running] = torch.stack([bns[k].running_mean for k in running]).to(dtype)
+        invstd[running] = torch.rsqrt(torch.stack([bns[k].running_var for k in running])
+                                      .to(dtype) + eps)
     return mean, invstd
 
 

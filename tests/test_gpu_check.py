@@ -118,3 +118,15 @@ def test_results_md_keeps_the_other_device_section(tmp_path):
     report.update_results_md(torch.device("cuda"), "new cuda figures", str(path))
     text = path.read_text()
     assert "cpu figures" in text and "new cuda figures" in text and "\ncuda figures" not in text
+
+
+def test_budget_table_checks_each_predicted_batch_under_the_budget(monkeypatch):
+    specs, results = [], iter([{"peak_mb": 900.0}, {"out_of_memory": True}])
+    monkeypatch.setattr(report, "run_child", lambda spec: specs.append(spec) or next(results))
+    curve = {"fused": [{"peak_mb": 100.0}, {"peak_mb": 200.0}],
+             "reference": [{"peak_mb": 300.0}, {"peak_mb": 600.0}]}
+    text, records = report.budget_table(torch.device("cuda"), [4, 8], curve, 1000.0)
+    assert "| fused | 25.0 | 40 | 900 MB | yes |" in text
+    assert "| reference | 75.0 | 13 | out of memory | no |" in text
+    assert [(s["batch"], s["budget_mb"]) for s in specs] == [(40, 1000.0), (13, 1000.0)]
+    assert "the budget set as the allocator limit" in text

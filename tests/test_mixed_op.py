@@ -130,3 +130,12 @@ def test_custom_primitives():
     w = torch.softmax(torch.randn(3), 0)
     assert rel_err(fused(x, w), ref(x, w)) < 1e-6
     assert isinstance(fused._ops[1], nn.Module)
+
+
+def test_folded_batch_norms_must_share_eps():
+    op = darts_fast.MixedOp(4, 1)
+    op._ops[4].op[-1].eps = 1e-3  # sep_conv_3x3's final BatchNorm
+    with pytest.raises(ValueError, match="folded BatchNorms must share one eps"):
+        op(torch.randn(2, 4, 6, 6), torch.softmax(torch.randn(8), 0))
+    op.fold_batch_norm = False
+    assert op(torch.randn(2, 4, 6, 6), torch.softmax(torch.randn(8), 0)).shape == (2, 4, 6, 6)
