@@ -8,11 +8,12 @@ from . import kernels
 from .architect import Architect
 from .genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
 from .mixed_op import MixedOp
+from .pc_darts import PartialChannelMixedOp, PCNetwork
 from .search_model import Cell, Network
 from .search_step import SearchStep
 
 __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "Genotype", "MixedOp", "Network",
-    "PRIMITIVES", "SearchStep", "kernels",
+    "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "SearchStep", "kernels",
 ]
 __version__ = "0.1.0"

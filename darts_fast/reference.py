@@ -5,13 +5,18 @@ network built from it; ``Architect`` is the original architect, which rebuilds t
 ``model.new()`` and ``load_state_dict`` on every second-order step and takes the Hessian-vector
 product by a central finite difference. Kept faithful on purpose, quirks included (see
 ``Architect``); only deprecated call forms are updated for current PyTorch.
+``PartialChannelMixedOp`` and ``PCNetwork`` are PC-DARTS' mixed op and network as its authors
+wrote them (yuhuixu1993/PC-DARTS).
 """
+import functools
+
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .genotypes import PRIMITIVES
 from .operations import candidate_ops
+from .pc_darts import PCNetwork as _PCNetwork
 from .search_model import Network as _Network
 
 
@@ -34,6 +39,37 @@ class Network(_Network):
         super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
                          mixed_op=mixed_op, memory_format=memory_format, recompute=recompute,
                          fold_batch_norm=fold_batch_norm)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+
+
+class PartialChannelMixedOp(nn.Module):
+    """PC-DARTS' mixed op as its authors wrote it: the Python sum over every candidate of the
+    first C/k channels, concatenated with the others (pooled at stride 2), channel-shuffled."""
+
+    def __init__(self, C, stride, k=4, primitives=PRIMITIVES):
+        super().__init__()
+        self._ops = candidate_ops(C // k, stride, primitives)
+        self.mp = nn.MaxPool2d(2, 2)
+        self.k = k
+
+    def forward(self, x, weights):
+        part = x.shape[1] // self.k
+        mixed = sum(w * op(x[:, :part]) for w, op in zip(weights, self._ops))
+        rest = x[:, part:]
+        ans = torch.cat([mixed, rest if mixed.shape[2] == x.shape[2] else self.mp(rest)], dim=1)
+        b, c, h, w = ans.shape
+        return ans.view(b, self.k, c // self.k, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+
+
+class PCNetwork(_PCNetwork):
+    """The PC-DARTS search network on the authors' mixed op, in the input's own memory layout,
+    with the adaptive global pooling."""
+
+    def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
+                 stem_multiplier=3, k=4, mixed_op=None, memory_format=None, **options):
+        super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
+                         k=k, mixed_op=mixed_op or functools.partial(PartialChannelMixedOp, k=k),
+                         memory_format=memory_format, **options)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
 

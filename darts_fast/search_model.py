@@ -35,13 +35,18 @@ class Cell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(mixed_op(C, stride))
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, edge_weights=None):
+        """``edge_weights`` (PC-DARTS' edge normalisation): one factor per edge, scaling its mixed
+        op's whole output."""
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         offset = 0
         for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            edges = (self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            if edge_weights is not None:
+                edges = (edge_weights[offset + j] * e for j, e in enumerate(edges))
+            s = sum(edges)
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self._multiplier:], dim=1)
@@ -81,7 +86,8 @@ class Network(nn.Module):
         self._multiplier = multiplier
         self._stem_multiplier = stem_multiplier
         self._mixed_op = mixed_op
-        fused = isinstance(mixed_op, type) and issubclass(mixed_op, MixedOp)
+        base = mixed_op.func if isinstance(mixed_op, functools.partial) else mixed_op
+        fused = isinstance(base, type) and issubclass(base, MixedOp)
         if recompute and not fused:
             raise ValueError(f"Network: recompute needs darts_fast.MixedOp, got mixed_op="
                              f"{getattr(mixed_op, '__name__', mixed_op)}")
@@ -153,11 +159,13 @@ class Network(nn.Module):
             input = input.contiguous(memory_format=memory_format)
         s0 = s1 = self.stem(input)
         for cell in self.cells:
-            alphas = self.alphas_reduce if cell.reduction else self.alphas_normal
-            weights = F.softmax(alphas, dim=-1)
-            s0, s1 = s1, cell(s0, s1, weights)
+            s0, s1 = s1, cell(s0, s1, *self._cell_weights(cell.reduction))
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
+
+    def _cell_weights(self, reduction):
+        """What a cell weighs its edges with: the softmax of the alphas over the candidates."""
+        return (F.softmax(self.alphas_reduce if reduction else self.alphas_normal, dim=-1),)
 
     def _loss(self, input, target):
         return self._criterion(self(input), target)
@@ -165,6 +173,13 @@ class Network(nn.Module):
     def genotype(self):
         """The discrete cells: per node the 2 strongest incoming edges (by their best non-none
         softmax weight; ties to the lower index) and per edge its best non-none op."""
+        with torch.no_grad():
+            normal = F.softmax(self.alphas_normal, dim=-1).cpu().numpy()
+            reduce = F.softmax(self.alphas_reduce, dim=-1).cpu().numpy()
+        return self._genotype(normal, reduce)
+
+    def _genotype(self, normal, reduce):
+        """The genotype of per-edge candidate weights (numpy [edges, candidates])."""
         none = PRIMITIVES.index("none")
 
         def parse(weights):
@@ -186,9 +201,6 @@ class Network(nn.Module):
                 n += 1
             return gene
 
-        with torch.no_grad():
-            normal = F.softmax(self.alphas_normal, dim=-1).cpu().numpy()
-            reduce = F.softmax(self.alphas_reduce, dim=-1).cpu().numpy()
         concat = range(2 + self._steps - self._multiplier, self._steps + 2)
         return Genotype(normal=parse(normal), normal_concat=concat, reduce=parse(reduce),
                         reduce_concat=concat)

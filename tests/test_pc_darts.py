@@ -1,0 +1,137 @@
+"""PC-DARTS on the fused mixed op against the authors' formulations (re-derived in
+darts_fast.reference and here): mixed op, edge normalisation, a second-order search step, the
+genotype rule."""
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import darts_fast
+from darts_fast import pc_darts, reference
+from darts_fast.genotypes import PRIMITIVES
+from helpers import TOLERANCE, rel_err
+
+ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4,
+                             arch_weight_decay=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stride,k", [(1, 4), (2, 4), (1, 2)])
+def test_mixed_op_matches_the_authors(device, dtype, stride, k):
+    torch.manual_seed(0)
+    fused = pc_darts.PartialChannelMixedOp(16, stride, k=k).to(device, dtype)
+    torch.manual_seed(0)
+    ref = reference.PartialChannelMixedOp(16, stride, k=k).to(device, dtype)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    x = torch.randn(4, 16, 8, 8, device=device, dtype=dtype, requires_grad=True)
+    w = torch.softmax(torch.randn(8, device=device, dtype=dtype), 0).requires_grad_()
+    out_f, out_r = fused(x, w), ref(x, w)
+    tol = TOLERANCE[dtype]
+    assert out_f.shape == (4, 16, 8 // stride, 8 // stride) and rel_err(out_f, out_r) < tol
+    g = torch.randn_like(out_f)
+    for a, b in zip(torch.autograd.grad(out_f, [x, w, *fused.parameters()], g),
+                    torch.autograd.grad(out_r, [x, w, *ref.parameters()], g)):
+        assert rel_err(a, b) < tol
+    for a, b in zip(fused.buffers(), ref.buffers()):
+        assert rel_err(a, b) < tol
+
+
+def test_channel_shuffle_places_channels_as_the_authors():
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert pc_darts.channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def authors_edge_weights(betas, steps):
+    """The authors' loop: softmax over betas[0:2], then over each next node's slice."""
+    weights, start, n = F.softmax(betas[0:2], dim=-1), 2, 3
+    for _ in range(steps - 1):
+        weights = torch.cat([weights, F.softmax(betas[start:start + n], dim=-1)])
+        start, n = start + n, n + 1
+    return weights
+
+
+def networks(dtype=torch.float64):
+    torch.manual_seed(0)
+    fused = pc_darts.PCNetwork(8, 10, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2)
+    torch.manual_seed(0)
+    ref = reference.PCNetwork(8, 10, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2)
+    return fused.to(dtype=dtype), ref.to(dtype=dtype)
+
+
+def test_betas_follow_the_alphas(monkeypatch):
+    states = []
+    initialize = pc_darts.PCNetwork._initialize_alphas
+
+    def recorded(self):
+        states.append(torch.get_rng_state())
+        initialize(self)
+
+    monkeypatch.setattr(pc_darts.PCNetwork, "_initialize_alphas", recorded)
+    fused, ref = networks()
+    torch.set_rng_state(states[0])  # the authors draw alphas_normal, alphas_reduce, betas_...
+    drawn = [1e-3 * torch.randn(5, 8), 1e-3 * torch.randn(5, 8), 1e-3 * torch.randn(5),
+             1e-3 * torch.randn(5)]
+    for a, b, d in zip(fused.arch_parameters(), ref.arch_parameters(), drawn):
+        assert torch.equal(a, b) and torch.equal(a.float(), d)
+    betas = torch.randn(9, dtype=torch.float64)
+    big = pc_darts.PCNetwork(4, 10, 3, None, steps=3, multiplier=3)
+    assert torch.allclose(big.edge_weights(betas), authors_edge_weights(betas, 3), rtol=0,
+                          atol=1e-15)
+
+
+@pytest.mark.parametrize("unrolled", [True, False])
+def test_search_step_matches_the_authors(unrolled):
+    fused, ref = networks()
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+            torch.randint(0, 10, (4,), generator=g),
+            torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+            torch.randint(0, 10, (4,), generator=g)]
+    for model, architect in ((fused, darts_fast.Architect), (ref, reference.Architect)):
+        optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=ARGS.momentum,
+                                    weight_decay=ARGS.weight_decay)
+        architect(model, ARGS).step(*data, 0.1, optimizer, unrolled)
+    for a, b in zip(fused.arch_parameters(), ref.arch_parameters()):  # alphas and betas
+        assert rel_err(a.grad, b.grad) < TOLERANCE[torch.float64]
+        assert rel_err(a, b) < TOLERANCE[torch.float64]
+
+
+def authors_parse(weights, weights2, steps):
+    """The authors' genotype rule: each edge's row scaled by its edge weight, then DARTS' rule."""
+    gene, n, start = [], 2, 0
+    none = PRIMITIVES.index("none")
+    for i in range(steps):
+        W, W2 = weights[start:start + n].copy(), weights2[start:start + n].copy()
+        for j in range(n):
+            W[j, :] = W[j, :] * W2[j]
+        edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x]))
+                                                         if k != none))[:2]
+        for j in edges:
+            k_best = None
+            for k in range(len(W[j])):
+                if k != none and (k_best is None or W[j][k] > W[j][k_best]):
+                    k_best = k
+            gene.append((PRIMITIVES[k_best], j))
+        start, n = start + n, n + 1
+    return gene
+
+
+def test_genotype_ranks_edges_by_alpha_times_beta():
+    model = pc_darts.PCNetwork(4, 10, 3, None, steps=4, multiplier=4)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    genotype = model.genotype()
+    for alphas, betas, got in ((model.alphas_normal, model.betas_normal, genotype.normal),
+                               (model.alphas_reduce, model.betas_reduce, genotype.reduce)):
+        expected = authors_parse(F.softmax(alphas, dim=-1).detach().numpy(),
+                                 authors_edge_weights(betas, 4).detach().numpy(), 4)
+        assert got == expected
+
+
+def test_bad_k():
+    with pytest.raises(ValueError, match="k must be a positive integer dividing C=6"):
+        pc_darts.PartialChannelMixedOp(6, 1, k=4)
