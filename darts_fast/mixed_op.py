@@ -113,7 +113,11 @@ class MixedOp(nn.Module):
                    if batch_stats[k] and bn.training and bn.track_running_stats]
         if updated:
             n = ys[0].numel() // ys[0].shape[1]
-            _update_running_stats([bns[k] for k in updated], mean[updated], var[updated], n)
+            # Rows as views: indexing with a list would copy the list to the device, which a
+            # CUDA graph capture does not allow.
+            means, variances = mean.unbind(0), var.unbind(0)
+            _update_running_stats([bns[k] for k in updated], [means[k] for k in updated],
+                                  [variances[k] for k in updated], n)
         return out
 
 
@@ -158,18 +162,20 @@ def _fixed_statistics(bns, batch_stats, y, eps):
 
 
 @torch.no_grad()
-def _update_running_stats(bns, mean, var, n):
+def _update_running_stats(bns, means, variances, n):
     """``running = (1 - momentum) * running + momentum * batch`` with the unbiased variance, and
     ``num_batches_tracked += 1``, as nn.BatchNorm2d does in training mode (momentum None: the
-    cumulative average); a few multi-tensor ops for all the candidates of the mixed op."""
+    cumulative average); a few multi-tensor ops for all the candidates of the mixed op. ``means``
+    and ``variances``: one [C] tensor per BatchNorm (biased variances)."""
     torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
     factors = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
                for bn in bns]
-    for running, batch in (([bn.running_mean for bn in bns], mean),
-                           ([bn.running_var for bn in bns], var * (n / (n - 1)))):
+    unbiased = torch._foreach_mul(list(variances), n / (n - 1))
+    for running, batch in (([bn.running_mean for bn in bns], means),
+                           ([bn.running_var for bn in bns], unbiased)):
         torch._foreach_mul_(running, [1.0 - f for f in factors])
-        torch._foreach_add_(running, torch._foreach_mul(list(batch.to(running[0].dtype)),
-                                                        factors))
+        torch._foreach_add_(running, torch._foreach_mul([b.to(r.dtype) for b, r in
+                                                         zip(batch, running)], factors))
 
 
 class _RunningStatsCopied:
