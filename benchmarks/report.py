@@ -333,10 +333,10 @@ def budget_table(device, batches, curve, budget_mb):
     """The largest batch whose second-order step fits ``budget_mb``, per implementation: the
     line through the measured peaks predicts it, and a step at that batch, run in a fresh
     process, checks it."""
+    enforced = ", the budget set as the allocator limit" if device.type == "cuda" else ""
     lines = [f"Largest second-order batch within a {budget_mb:.0f} MB budget (a line fitted "
              f"through the peaks above predicts it; one step at that batch, in a fresh process, "
-             f"checks it{', the budget set as the allocator limit' if device.type == 'cuda' else ''}"
-             f"):\n", "| implementation | MB per image | predicted batch | measured "
+             f"checks it{enforced}):\n", "| implementation | MB per image | predicted batch | measured "
              "peak at it | fits |", "|---|---|---|---|---|"]
     records = []
     for impl, rows in curve.items():

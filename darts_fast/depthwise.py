@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import dense_layout
+
 
 def is_depthwise(conv):
     return (isinstance(conv, nn.Conv2d) and conv.bias is None and conv.groups > 1
@@ -39,7 +41,7 @@ def _input_grad(g, w, input_shape, stride, padding, dilation):
     if stride != (1, 1):
         size = [(g.shape[2] - 1) * stride[0] + 1, (g.shape[3] - 1) * stride[1] + 1]
         up = torch.empty(g.shape[0], channels, *size, dtype=g.dtype, device=g.device,
-                         memory_format=_format_of(g)).zero_()
+                         memory_format=dense_layout(g)).zero_()
         up[:, :, ::stride[0], ::stride[1]] = g
     else:
         up = g
@@ -49,13 +51,6 @@ def _input_grad(g, w, input_shape, stride, padding, dilation):
         covered = up.shape[2 + axis] + dilation[axis] * (k[axis] - 1) - 2 * padding[axis]
         pads += [q, q + input_shape[2 + axis] - covered]
     return F.conv2d(F.pad(up, pads), w.flip(-1, -2), None, 1, 0, dilation, channels)
-
-
-def _format_of(t):
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
-            and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class _DepthwiseConv2d(torch.autograd.Function):

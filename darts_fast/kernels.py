@@ -128,7 +128,8 @@ def batch_norm_weighted_sum(ys: Sequence[torch.Tensor], weights: torch.Tensor,
 
     Returns ``(out, mean, invstd, var)``: the statistics used, and the biased batch variance of
     the batch rows (zero elsewhere) for the running-statistics update; [K, C], float32 (float64
-    for float64 ``ys``). Channels-last inputs are read in the NCHW layout (a copy).
+    for float64 ``ys``). NCHW and channels_last ``ys`` are read in place and ``out`` takes their
+    layout (:func:`dense_layout`); other layouts are copied to NCHW first.
     """
     for name, t in (("mean", mean), ("invstd", invstd)):
         if t.requires_grad:
@@ -162,16 +163,26 @@ def _check_batch_norm_sum(op, ys, weights, mean, invstd, batch_stats):
                          f"{len(batch_stats)}")
 
 
-def _statistics_dtype(dtype):
+def statistics_dtype(dtype):
+    """The dtype of batch_norm_weighted_sum's statistics for candidate outputs of ``dtype``."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dense_layout(t):
+    """torch.channels_last for a 4-D tensor dense in that layout (and not also NCHW-contiguous),
+    torch.contiguous_format otherwise: the layout batch_norm_weighted_sum computes in."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+            and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @torch.library.register_fake("darts_fast::batch_norm_weighted_sum")
 def _batch_norm_weighted_sum_fake(ys, weights, mean, invstd, batch_stats, eps):
     _check_batch_norm_sum("batch_norm_weighted_sum", ys, weights, mean, invstd, batch_stats)
-    stats = [ys[0].new_empty((len(ys), ys[0].shape[1]), dtype=_statistics_dtype(ys[0].dtype))
+    stats = [ys[0].new_empty((len(ys), ys[0].shape[1]), dtype=statistics_dtype(ys[0].dtype))
              for _ in range(3)]
-    return (torch.empty_like(ys[0], memory_format=torch.contiguous_format), *stats)
+    return (torch.empty_like(ys[0], memory_format=dense_layout(ys[0])), *stats)
 
 
 @torch.library.register_fake("darts_fast::batch_norm_weighted_sum_backward")
@@ -182,7 +193,7 @@ def _batch_norm_weighted_sum_backward_fake(grad, ys, weights, mean, invstd, batc
     torch._check(grad.shape == ys[0].shape,
                  lambda: f"{op}: grad has shape {tuple(grad.shape)} but ys have shape "
                          f"{tuple(ys[0].shape)}")
-    grad_ys = [torch.empty_like(ys[0], memory_format=torch.contiguous_format)
+    grad_ys = [torch.empty_like(ys[0], memory_format=dense_layout(ys[0]))
                for need in ys_need_grad if need]
     return grad_ys, weights.new_empty((len(ys),) if weights_need_grad else (0,))
 

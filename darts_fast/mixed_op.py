@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import max_pool
 from .genotypes import PRIMITIVES
-from .kernels import batch_norm_weighted_sum, weighted_sum
+from .kernels import batch_norm_weighted_sum, statistics_dtype, weighted_sum
 from .operations import Zero, candidate_ops
 
 
@@ -84,7 +84,7 @@ class MixedOp(nn.Module):
 
     def _mix_folded(self, x, relu_x, weights):
         ys, bns = [], []
-        for k, fold in zip(self._computed, self._folds):
+        for k, fold, from_relu in zip(self._computed, self._folds, self._from_relu):
             op = self._ops[k]
             if fold == _RELU_FEATURES:
                 ys.append(op.features_from_relu(relu_x))
@@ -97,8 +97,7 @@ class MixedOp(nn.Module):
                 ys.append(y)
                 bns.append(op[-1])
             else:
-                ys.append(op.forward_from_relu(relu_x) if hasattr(op, "forward_from_relu")
-                          else op(x))
+                ys.append(op.forward_from_relu(relu_x) if from_relu else op(x))
                 bns.append(None)
         eps = next(bn.eps for bn in bns if bn is not None)
         if any(bn is not None and bn.eps != eps for bn in bns):
@@ -149,7 +148,7 @@ def _check_batch_size(y):
 def _fixed_statistics(bns, batch_stats, y, eps):
     """[K, C] mean and invstd for the rows that do not take batch statistics: the running
     statistics of a BatchNorm in eval mode, 0 and 1 for a candidate without one."""
-    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    dtype = statistics_dtype(y.dtype)
     K, C = len(bns), y.shape[1]
     mean = torch.zeros(K, C, dtype=dtype, device=y.device)
     invstd = torch.ones(K, C, dtype=dtype, device=y.device)

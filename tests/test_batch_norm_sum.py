@@ -88,8 +88,9 @@ def test_gradients_without_the_weight_gradient_or_batch_rows():
                    torch.autograd.grad(want[0].sum(), g)[0]) < 1e-12
 
 
-def test_opcheck():
-    ys, w, mean, var = inputs("cpu", torch.float32)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_opcheck(layout):
+    ys, w, mean, var = inputs("cpu", torch.float32, layout=layout)
     args = (ys, w, mean.float(), torch.rsqrt(var + 1e-5).float(), [True, False, True, False], 1e-5)
     torch.library.opcheck(torch.ops.darts_fast.batch_norm_weighted_sum.default, args)
     g = torch.randn(ys[0].shape)

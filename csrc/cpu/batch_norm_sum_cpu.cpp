@@ -19,7 +19,7 @@ namespace {
 
 constexpr int64_t kBlock = 16384;  // elements per block, about
 
-// Rows [begin, end) of the blocks of rows.
+// The rows split into `count` blocks of `rows` rows (the last one shorter).
 struct RowBlocks {
   int64_t rows, count;
   explicit RowBlocks(const ChannelGeometry& geo)
@@ -70,37 +70,33 @@ inline void add_channel_sums(int64_t rows, int64_t C, int64_t inner, double* acc
   }
 }
 
+// f(block, first_row, rows) for every block of rows, blocks in parallel.
+template <typename F>
+void parallel_over_blocks(const ChannelGeometry& geo, const F& f) {
+  const RowBlocks blocks(geo);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * blocks.rows;
+      f(b, first, std::min(blocks.rows, geo.outer - first));
+    }
+  });
+}
+
 // Per-channel sums of `terms` quantities: add_rows(first_row, rows, acc) adds those rows' share
 // to acc[term * C + c]. Returns the [terms * C] totals.
 template <typename AddRows>
 std::vector<double> channel_sums(const ChannelGeometry& geo, int64_t terms,
                                  const AddRows& add_rows) {
-  const RowBlocks blocks(geo);
-  const int64_t width = terms * geo.C;
-  std::vector<double> partials(blocks.count * width, 0.0);
-  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * blocks.rows;
-      add_rows(first, std::min(blocks.rows, geo.outer - first), partials.data() + b * width);
-    }
+  const int64_t width = terms * geo.C, count = RowBlocks(geo).count;
+  std::vector<double> partials(count * width, 0.0);
+  parallel_over_blocks(geo, [&](int64_t b, int64_t first, int64_t rows) {
+    add_rows(first, rows, partials.data() + b * width);
   });
   std::vector<double> total(width, 0.0);
-  for (int64_t b = 0; b < blocks.count; ++b) {
+  for (int64_t b = 0; b < count; ++b) {
     for (int64_t j = 0; j < width; ++j) total[j] += partials[b * width + j];
   }
   return total;
-}
-
-// f(offset, rows) over the blocks of rows, in parallel; offset: the block's first element.
-template <typename F>
-void parallel_over_rows(const ChannelGeometry& geo, const F& f) {
-  const RowBlocks blocks(geo);
-  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * blocks.rows;
-      f(first * geo.C * geo.inner, std::min(blocks.rows, geo.outer - first));
-    }
-  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_sum_cpu(
@@ -158,7 +154,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
     }
     const acc_t* w = args.weights.const_data_ptr<acc_t>();
     scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
-    parallel_over_rows(geo, [&](int64_t offset, int64_t rows) {
+    parallel_over_blocks(geo, [&](int64_t, int64_t first, int64_t rows) {
+      const int64_t offset = first * C * inner;
       std::vector<acc_t> acc(rows * C * inner, acc_t(0));
       for (int64_t k = 0; k < K; ++k) {
         const scalar_t* yk = y[k] + offset;
@@ -236,7 +233,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_weighted_sum_backward
     std::vector<acc_t> mean_g(C), mean_g_yhat(K * C);
     for (int64_t c = 0; c < C; ++c) mean_g[c] = static_cast<acc_t>(sums[K * C + c] / count);
     for (int64_t kc = 0; kc < K * C; ++kc) mean_g_yhat[kc] = static_cast<acc_t>(sums[kc] / count);
-    parallel_over_rows(geo, [&](int64_t offset, int64_t rows) {
+    parallel_over_blocks(geo, [&](int64_t, int64_t first, int64_t rows) {
+      const int64_t offset = first * C * inner;
       const scalar_t* g_rows = g + offset;
       for (int64_t k = 0; k < K; ++k) {
         if (!gy[k]) continue;
