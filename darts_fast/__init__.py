@@ -11,9 +11,11 @@ from .mixed_op import MixedOp
 from .pc_darts import PartialChannelMixedOp, PCNetwork
 from .search_model import Cell, Network
 from .search_step import SearchStep
+from .sync_batch_norm import SyncBatchNorm2d
 
 __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "Genotype", "MixedOp", "Network",
-    "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "SearchStep", "kernels",
+    "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "SearchStep", "SyncBatchNorm2d",
+    "kernels",
 ]
 __version__ = "0.1.0"

@@ -2,7 +2,8 @@
 together (``torchrun``; NCCL on GPUs, gloo on CPUs): each rank computes on its shard of the batch,
 and the architect averages what the DARTS formulas need, one all-reduce of a flattened buffer per
 quantity (not one per tensor); the ranks agree on whether a step is kept; a cheap hash shows that
-the alphas stay identical on every rank."""
+the alphas stay identical on every rank; ``sum_over_ranks`` carries gradients across the ranks
+for statistics taken over the whole batch (``darts_fast.sync_batch_norm``)."""
 import torch
 import torch.distributed as dist
 
@@ -19,6 +20,27 @@ def mean_over_ranks(tensors, group):
     flat.div_(dist.get_world_size(group))
     return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]),
                                                    tensors)]
+
+
+def sum_over_ranks(tensor, group):
+    """The sum of ``tensor`` over the ranks of ``group`` (one all-reduce), differentiable: the
+    gradient of a sum that every rank uses is the sum of the ranks' gradients, itself an
+    all-reduce (so double backward works too). Every rank must call it, in the same order, in
+    the forward and in the backward pass."""
+    return _SumOverRanks.apply(tensor, group)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _SumOverRanks.apply(grad, ctx.group), None
 
 
 def all_ranks_agree(flag, group):

@@ -1,6 +1,7 @@
 """The architect across two processes (gloo, CPU) against the same averaged formulas computed in
 one process: each rank's shard, gradients averaged over the ranks, BatchNorm statistics per
-shard, alphas identical on every rank."""
+shard, alphas identical on every rank; with SyncBatchNorm2d, the single-process search on the
+concatenated batch."""
 import copy
 import datetime
 import os
@@ -19,9 +20,10 @@ ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate
 ETA, WORLD, STEPS = 0.025, 2, 2
 
 
-def network():
+def network(fold_batch_norm=True):
     torch.manual_seed(0)
-    return darts_fast.Network(4, 10, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2).double()
+    return darts_fast.Network(4, 10, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2,
+                              fold_batch_norm=fold_batch_norm).double()
 
 
 def shard(step, rank):
@@ -85,6 +87,12 @@ def worker(rank, init_file, out_dir):
                         "weights": [p.detach().clone() for p in model.parameters()],
                         "drift": drift},
                        os.path.join(out_dir, f"search-step-{int(unrolled)}-rank{rank}.pt"))
+        for unrolled in (False, True):
+            model, step = search_step(unrolled, nn.CrossEntropyLoss(), sync_batch_norm=True)
+            for s in range(SEARCH_STEPS):
+                step(*shard(s, rank), ETA)
+            torch.save(tensors_of(model),
+                       os.path.join(out_dir, f"sync-bn-{int(unrolled)}-rank{rank}.pt"))
         model, step = search_step(False, OneRankInfiniteLoss())
         before = [p.detach().clone() for p in model.parameters()]
         step(*shard(0, rank), ETA)
@@ -95,14 +103,23 @@ def worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def search_step(unrolled, criterion):
-    """A SearchStep over the DDP-wrapped network (BatchNorm statistics kept per rank)."""
+def search_step(unrolled, criterion, sync_batch_norm=False):
+    """A SearchStep over the DDP-wrapped network (BatchNorm statistics kept per rank, or taken
+    over all ranks with ``sync_batch_norm``)."""
     model = network()
+    if sync_batch_norm:
+        model = darts_fast.SyncBatchNorm2d.convert(network(fold_batch_norm=False))
     ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
                                 weight_decay=ARGS.weight_decay)
     return model, darts_fast.SearchStep(ddp, darts_fast.Architect(ddp, ARGS), optimizer,
                                         criterion, grad_clip=5.0, unrolled=unrolled)
+
+
+def tensors_of(model):
+    return {"alphas": [a.detach().clone() for a in model.arch_parameters()],
+            "buffers": [b.clone() for b in model.buffers()],
+            "weights": [p.detach().clone() for p in model.parameters()]}
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +259,30 @@ def test_a_step_one_rank_finds_not_finite_is_undone_on_every_rank(two_process_ru
     for r in range(WORLD):
         saved = torch.load(two_process_runs / f"skip-rank{r}.pt")
         assert not saved["kept"] and saved["skipped"] == 1, r
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_sync_batch_norm_equals_one_process_on_the_whole_batch(two_process_runs, unrolled):
+    """Two ranks with SyncBatchNorm2d, three search steps: alphas, weights and running
+    statistics of the single-process search on the two shards concatenated (plain BatchNorm,
+    folded into the fused mixed op)."""
+    model = network()
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
+                                weight_decay=ARGS.weight_decay)
+    step = darts_fast.SearchStep(model, darts_fast.Architect(model, ARGS), optimizer,
+                                 nn.CrossEntropyLoss(), grad_clip=5.0, unrolled=unrolled)
+    for s in range(SEARCH_STEPS):
+        step(*[torch.cat(parts) for parts in zip(*(shard(s, r) for r in range(WORLD)))], ETA)
+    expected = tensors_of(model)
+    for r in range(WORLD):
+        saved = torch.load(two_process_runs / f"sync-bn-{int(unrolled)}-rank{r}.pt")
+        for key in ("alphas", "weights", "buffers"):
+            assert len(saved[key]) == len(expected[key])
+            for got, want in zip(saved[key], expected[key]):
+                assert torch.allclose(got.double(), want.double(), rtol=1e-10, atol=1e-10), \
+                    (r, key)
+
+
+def test_sync_batch_norm_refuses_a_folded_network():
+    with pytest.raises(ValueError, match="fold_batch_norm=False"):
+        darts_fast.SyncBatchNorm2d.convert(network())
