@@ -249,6 +249,29 @@ def test_loaders_cover_the_split_and_resume_the_same_batches():
         assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loader]))
 
 
+def test_sharded_order_deals_disjoint_equal_shards_pass_after_pass():
+    """Two ranks: each pass a new permutation, the same on both ranks, dealt as DistributedSampler
+    deals it (padded with its start, every second index); a copy set to the same pass count
+    (a resumed run) deals the same shards."""
+    indices = range(10, 25)  # 15 indices: one padded
+    shards = [data.ShardedOrder(indices, rank, 2, seed=3, shuffle=True) for rank in range(2)]
+    passes = [[list(s) for s in shards] for _ in range(3)]
+    for dealt in passes:
+        assert [len(d) for d in dealt] == [8, 8]
+        assert sorted(dealt[0] + dealt[1][:-1]) == list(indices)
+        order = [i for pair in zip(*dealt) for i in pair]
+        assert order[15] == order[0]  # the padding repeats the pass's first index
+    assert passes[0] != passes[1] != passes[2]
+    resumed = data.ShardedOrder(indices, 1, 2, seed=3, shuffle=True)
+    resumed.passes = 2
+    assert list(resumed) == passes[2][1]
+    images, labels = data.synthetic_images(30, seed=0)
+    loader = data.TensorLoader(images, labels, indices, 3, torch.device("cpu"), False, True,
+                               shards=data.ShardedOrder(indices, 0, 2, seed=3, shuffle=True))
+    assert len(loader) == 3
+    assert torch.cat([y for _, y in loader]).tolist() == labels[passes[0][0]].tolist()
+
+
 def test_search_on_cifar_archive(tmp_path):
     folder = write_cifar(tmp_path / "cifar", n=8)
     archive = tmp_path / "cifar.tar.gz"

@@ -8,6 +8,8 @@ optional cutout); and two loaders that feed a step:
   * ``torch.utils.data.DataLoader`` over ``ImageDataset`` with worker processes and pinned memory
     (``--loader dataloader --workers N``).
 
+On several processes (``torchrun``) both take this rank's shard of each pass (``ShardedOrder``).
+
 Both draw their randomness from torch's generators (the training device's for ``TensorLoader``),
 whose states the checkpoints keep, so a resumed run sees the same batches.
 """
@@ -20,7 +22,7 @@ import tarfile
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SubsetRandomSampler
 
 from .errors import UsageError
 
@@ -211,23 +213,53 @@ class ImageDataset(Dataset):
         return x[0], self.labels[i]
 
 
+class ShardedOrder:
+    """This rank's share of ``indices`` in each pass, dealt as ``DistributedSampler`` deals them:
+    one order for all ranks (a permutation drawn from ``seed`` and the pass number when
+    ``shuffle``), padded by repeating its start to a multiple of ``world``, every world-th index
+    from position ``rank`` on. The ranks' shards are disjoint up to the padding and equally long,
+    so every rank takes the same number of steps. ``passes`` counts the passes drawn; a
+    checkpoint keeps it, so a resumed run deals the same shards."""
+
+    def __init__(self, indices, rank, world, seed, shuffle):
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.sampler = DistributedSampler(self.indices, num_replicas=world, rank=rank,
+                                          shuffle=shuffle, seed=seed)
+        self.passes = 0
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        self.sampler.set_epoch(self.passes)
+        self.passes += 1
+        return iter(self.indices[list(self.sampler)].tolist())
+
+
 class TensorLoader:
     """Batches of ``indices`` (reshuffled each pass when ``shuffle``) gathered from the uint8 data
-    set held on ``device`` and augmented there."""
+    set held on ``device`` and augmented there; with ``shards`` (a ``ShardedOrder`` over the
+    same indices), this rank's shard of each pass."""
 
     def __init__(self, images, labels, indices, batch_size, device, augment, shuffle,
-                 cutout_length=0):
+                 cutout_length=0, shards=None):
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(labels).to(device)
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
         self.batch_size = batch_size
         self.augment, self.shuffle, self.cutout_length = augment, shuffle, cutout_length
+        self.shards = shards
 
     def __len__(self):
-        return math.ceil(len(self.indices) / self.batch_size)
+        dealt = self.indices if self.shards is None else self.shards
+        return math.ceil(len(dealt) / self.batch_size)
 
     def __iter__(self):
-        order = self.indices[torch.randperm(len(self.indices))] if self.shuffle else self.indices
+        if self.shards is not None:
+            order = torch.tensor(list(self.shards), dtype=torch.int64)
+        else:
+            order = self.indices[torch.randperm(len(self.indices))] if self.shuffle else \
+                self.indices
         order = order.to(self.images.device)
         for batch in order.split(self.batch_size):
             x = self.images[batch]
@@ -236,24 +268,28 @@ class TensorLoader:
             yield x, self.labels[batch]
 
 
-def loader(options, images, labels, indices, device, augment, shuffle):
-    """The loader ``options.loader`` names over ``images[indices]``; batches arrive on
-    ``device``."""
+def loader(options, images, labels, indices, device, augment, shuffle, ranks=None):
+    """The loader ``options.loader`` names over ``images[indices]`` (this rank's shards of them
+    when ``ranks`` is distributed); batches arrive on ``device``. Its ``shards`` attribute is
+    the ``ShardedOrder`` (None for one process)."""
     cutout = options.cutout_length if augment and options.cutout else 0
+    shards = ShardedOrder(indices, ranks.rank, ranks.world, options.seed, shuffle) \
+        if ranks is not None and ranks.distributed else None
     if options.loader == "tensor":
         return TensorLoader(images, labels, indices, options.batch_size, device, augment,
-                            shuffle, cutout)
+                            shuffle, cutout, shards)
     dataset = ImageDataset(images, labels, augment, cutout)
-    sampler = SubsetRandomSampler(indices) if shuffle else list(indices)
+    sampler = shards if shards is not None else \
+        (SubsetRandomSampler(indices) if shuffle else list(indices))
     return _ToDevice(DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
                                 num_workers=options.workers,
                                 pin_memory=device.type == "cuda",
-                                persistent_workers=options.workers > 0), device)
+                                persistent_workers=options.workers > 0), device, shards)
 
 
 class _ToDevice:
-    def __init__(self, loader, device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device, shards):
+        self.loader, self.device, self.shards = loader, device, shards
 
     def __len__(self):
         return len(self.loader)

@@ -1,5 +1,5 @@
-"""The command line's errors, by exit code: a user error (exit 2) or a run that diverged
-(exit 1); each is reported as one line."""
+"""The command line's errors, by exit code: a user error (exit 2), a run that diverged or lost a
+rank (exit 1); each is reported as one line."""
 
 
 class UsageError(ValueError):
@@ -9,3 +9,16 @@ class UsageError(ValueError):
 class Diverged(RuntimeError):
     """The loss or the weights turned non-finite: one line and exit 1, the last finite
     checkpoint kept."""
+
+
+class RankFailure(RuntimeError):
+    """A collective operation of a run on several processes failed (another rank died or hung):
+    one line and exit 1, the last checkpoint kept."""
+
+
+class FollowerStopped(Exception):
+    """A rank other than 0 stops with rank 0's exit code, silently: rank 0 says why."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code

@@ -4,7 +4,11 @@ outputs), stop cleanly on a non-finite loss or an interruption.
 
 A job (``search.SearchJob``, ``train.TrainJob``) brings its model, optimizer, scheduler and
 criterion, and says how an epoch's batches are drawn, what one step does, what else a checkpoint
-holds and which outputs an epoch leaves."""
+holds and which outputs an epoch leaves.
+
+On several processes (``ranks.Ranks``) every rank runs the epochs on its shard; rank 0 alone opens
+the run folder, logs and writes, and hands a resumed checkpoint to the others; the epoch's means
+are sums over the ranks; the checkpoint holds every rank's RNG states."""
 import contextlib
 import math
 import os
@@ -15,7 +19,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, visualize
-from .errors import Diverged
+from .errors import Diverged, FollowerStopped, RankFailure, UsageError
+from .ranks import Ranks, Terminated
 from .report import Meter, Progress, RunLog
 from .run_dir import RESUMABLE, RunDir, RunDirError, stored_options
 
@@ -36,9 +41,10 @@ class Job:
     command = None
     finished = None  # the summary's first words when every epoch is done
 
-    def __init__(self, options, model, optimizer, scheduler, criterion, device):
+    def __init__(self, options, model, optimizer, scheduler, criterion, device, ranks=None):
         self.options, self.model, self.optimizer = options, model, optimizer
         self.scheduler, self.criterion, self.device = scheduler, criterion, device
+        self.ranks = ranks if ranks is not None else Ranks()
 
     def begin_epoch(self, epoch):
         pass
@@ -71,6 +77,9 @@ class Job:
     def tensors_to_check(self):
         """The tensors that must stay finite (weights, and alphas for a search)."""
         return list(self.model.parameters())
+
+    def check_ranks(self, epoch):
+        """Raises Diverged when what every rank must hold alike differs between the ranks."""
 
     def write_outputs(self, run, log, epoch, rows):
         pass
@@ -119,6 +128,73 @@ def run(job):
 
 
 def _run(job):
+    ranks = job.ranks
+    folder = log = None
+    try:
+        folder, state, rows, behind = _open(job)
+        start = state["epoch"] if state else 0
+        if not ranks.leader:
+            _restore(job, state)
+        if ranks.leader:
+            log = RunLog(folder, job.command, start)
+            if behind:  # a kill cut the checkpointed epoch's outputs short
+                _write_outputs(job, folder, log, start, rows)
+            log.info(f"{job.describe()}; run folder {folder.path}"
+                     + (f"; resuming after epoch {start}" if start else ""))
+        last = _epochs(job, folder, log, start, rows)
+    except KeyboardInterrupt as e:
+        if folder is None:
+            raise
+        done = folder.checkpoint_epoch
+        _info(log, f"{_signal_name(e)}; {f'epoch {done} is checkpointed: ' if done else ''}"
+                   f"continue with {_command(job)} --resume {folder.path}")
+        return 143 if isinstance(e, Terminated) else 130
+    except Diverged as e:
+        _info(log, f"stopped: {e}")
+        raise
+    except RuntimeError as e:
+        if not ranks.distributed:
+            raise
+        failure = RankFailure(_lost(job, folder, e))
+        _info(log, f"stopped: {failure}")
+        raise failure from None
+    finally:
+        if log:
+            log.close()
+        if folder:
+            folder.close()
+    if ranks.leader:
+        print(job.summary(folder, last))
+    return 0
+
+
+def _open(job):
+    """(run folder, checkpoint state or None, metrics rows, outputs behind) on rank 0; the state
+    and rows on the other ranks (folder None), handed over by rank 0, which also restores the
+    state into its job. A failure on rank 0 stops the other ranks with its exit code."""
+    ranks = job.ranks
+    if not ranks.leader:
+        shared = ranks.share()
+        if isinstance(shared, FollowerStopped):
+            raise shared
+        return None, *shared, False
+    try:
+        folder, state, rows, behind = _open_folder(job)
+        try:
+            _restore(job, state)
+            if job.options.resume:
+                folder.update_options(stored_options(job.options))
+        except BaseException:
+            folder.close()
+            raise
+    except BaseException as e:
+        ranks.share(FollowerStopped(2 if isinstance(e, UsageError) else 1))
+        raise
+    ranks.share((state, rows))
+    return folder, state, rows, behind
+
+
+def _open_folder(job):
     options = job.options
     stored = stored_options(options)
     if options.resume:
@@ -128,33 +204,51 @@ def _run(job):
     try:
         state, rows, behind = (folder.verify([k for k in stored if k not in RESUMABLE])
                                if options.resume else (None, [], False))
-        start = _restore(job, state)
-        if start > options.epochs:
-            raise RunDirError(f"--epochs {options.epochs}: the run in {folder.path!r} has "
-                              f"already done {start} epochs")
-        if options.resume:
-            folder.update_options(stored)
-        log = RunLog(folder, job.command, start)
-        try:
-            if behind:  # a kill cut the checkpointed epoch's outputs short
-                _write_outputs(job, folder, log, start, rows)
-            log.info(f"{job.describe()}; run folder {folder.path}"
-                     + (f"; resuming after epoch {start}" if start else ""))
-            last = _epochs(job, folder, log, start, rows)
-        except KeyboardInterrupt:
-            done = folder.checkpoint_epoch
-            log.info(f"interrupted; {f'epoch {done} is checkpointed: ' if done else ''}"
-                     f"continue with darts-fast {job.command} --resume {folder.path}")
-            return 130
-        except Diverged as e:
-            log.info(f"stopped: {e}")
-            raise
-        finally:
-            log.close()
-        print(job.summary(folder, last))
-        return 0
-    finally:
+        if state is not None:
+            _check_processes(state, job.ranks, folder.path)
+            if state["epoch"] > options.epochs:
+                raise RunDirError(f"--epochs {options.epochs}: the run in {folder.path!r} has "
+                                  f"already done {state['epoch']} epochs")
+        return folder, state, rows, behind
+    except BaseException:
         folder.close()
+        raise
+
+
+def _check_processes(state, ranks, where):
+    """A run resumes on as many processes as it ran on: the shards and every rank's random
+    streams are those of that number."""
+    made = state.get("processes")
+    now = ranks.world if ranks.distributed else None
+    if made != now:
+        was = (f"{made} torchrun process(es)" if made else "one process (without torchrun)")
+        give = (f"under torchrun with {made} process(es) in all" if made else "without torchrun")
+        raise RunDirError(f"the run in {where!r} ran on {was}; resume it {give} (a different "
+                          f"number of processes would deal other shards)")
+
+
+def _info(log, message):
+    """A log line from rank 0 (the other ranks have no log)."""
+    if log:
+        log.info(message)
+
+
+def _command(job):
+    return ("torchrun ... " if job.ranks.distributed else "") + f"darts-fast {job.command}"
+
+
+def _signal_name(e):
+    return "terminated (SIGTERM; torchrun stops every rank when one fails)" \
+        if isinstance(e, Terminated) else "interrupted"
+
+
+def _lost(job, folder, error):
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    kept = (f"epoch {folder.checkpoint_epoch} is checkpointed: continue with {_command(job)} "
+            f"--resume {folder.path}" if folder and folder.checkpoint_epoch else
+            "no epoch had been checkpointed" if folder else "rank 0 keeps the last checkpoint")
+    return (f"an operation across the ranks failed: another rank has probably stopped, or hung "
+            f"past --dist_timeout ({type(error).__name__}: {first[:300]}); {kept}")
 
 
 def _restore(job, state):
@@ -172,7 +266,14 @@ def _restore(job, state):
         raise RunDirError(f"the checkpoint does not fit the model its configuration builds "
                           f"({first}); refusing to resume") from None
     _stretch_schedule(job.scheduler, job.options.epochs)
-    checkpoint.set_rng_states(state["rng"])
+    ranks = job.ranks
+    if ranks.distributed:
+        with torch.no_grad():
+            own = state["buffers_ranks"][ranks.rank]
+            for name, buffer in job.model.named_buffers():
+                buffer.copy_(own[name])
+    checkpoint.set_rng_states(state["rng_ranks"][ranks.rank] if ranks.distributed
+                              else state["rng"])
     return state["epoch"]
 
 
@@ -192,15 +293,16 @@ def _stretch_schedule(scheduler, epochs):
 
 
 def _epochs(job, folder, log, start, rows):
-    options = job.options
+    options, ranks = job.options, job.ranks
     last = min(options.epochs, options.stop_after_epoch or options.epochs)
     for epoch in range(start, last):
         epoch_start = time.time()
         lr = job.scheduler.get_last_lr()[0]
         job.begin_epoch(epoch)
-        meter = Meter(skip_non_finite=True)
+        meter = Meter(skip_non_finite=True, device=job.device)
         before = _read(job.skip_counters())
-        progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter)
+        progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter,
+                            shown=ranks.leader)
         steps = 0
         try:
             for batch in job.batches():
@@ -213,23 +315,32 @@ def _epochs(job, folder, log, start, rows):
         if steps and any(n == steps for n in skipped.values()):
             raise Diverged(_diverged(folder, epoch, "every step was skipped: the loss or the "
                                                     "gradients are not finite"))
-        train_loss, train_acc = meter.means()
+        train_loss, train_acc = meter.means(ranks.sum_)
         job.scheduler.step()
-        valid_loss, valid_acc = evaluate(job.model, job.eval_batches(), job.criterion)
+        valid_loss, valid_acc = evaluate(job.model, job.eval_batches(), job.criterion,
+                                         ranks.sum_, job.device)
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)
                 and _all_finite(job.tensors_to_check())):
             raise Diverged(_diverged(folder, epoch, f"the loss or the weights are not finite "
                                                     f"(train loss {train_loss:.4g})"))
+        job.check_ranks(epoch)
         rows.append({"epoch": str(epoch + 1), "lr": f"{lr:.6g}",
                      "train_loss": f"{train_loss:.4f}", "train_acc": f"{train_acc:.2f}",
                      "valid_loss": f"{valid_loss:.4f}", "valid_acc": f"{valid_acc:.2f}",
                      "seconds": f"{time.time() - epoch_start:.1f}"})
+        rng = ranks.gather(checkpoint.rng_states())
+        # The ranks' own BatchNorm statistics (rank 0's are the model's), for an exact resume.
+        buffers = ranks.gather({n: b.cpu() for n, b in job.model.named_buffers()}) \
+            if ranks.distributed else None
+        if not ranks.leader:
+            continue
         folder.save_checkpoint({
             "command": job.command, "run_id": folder.config["run_id"],
             "options": folder.config["options"], "epoch": epoch + 1, "metrics": list(rows),
             "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
             "scheduler": job.scheduler.state_dict(), **job.extra_state(),
-            "rng": checkpoint.rng_states(),
+            "rng": rng[0], **({"processes": ranks.world, "rng_ranks": rng,
+                               "buffers_ranks": buffers} if ranks.distributed else {}),
         })
         _write_outputs(job, folder, log, epoch + 1, rows)
         log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
@@ -241,6 +352,10 @@ def _epochs(job, folder, log, start, rows):
 
 
 def _diverged(folder, epoch, what):
+    """The message of a stop at ``epoch`` (every rank decides alike; rank 0 alone has the
+    folder and prints)."""
+    if folder is None:
+        return what
     kept = (f"the checkpoint of epoch {folder.checkpoint_epoch} is kept in {folder.path}"
             if folder.checkpoint_epoch else "no epoch had been checkpointed")
     return f"epoch {epoch + 1} diverged: {what}; {kept}. A smaller --learning_rate may help"
@@ -266,13 +381,14 @@ def _write_outputs(job, folder, log, epoch, rows):
     folder.write_metrics(rows)
 
 
-def evaluate(model, batches, criterion):
-    """(mean loss, accuracy in %) of ``model`` in eval mode over ``batches``."""
+def evaluate(model, batches, criterion, sum_over_ranks=None, device="cpu"):
+    """(mean loss, accuracy in %) of ``model`` in eval mode over ``batches`` (over every rank's
+    batches, with ``sum_over_ranks``)."""
     model.eval()
-    meter = Meter()
+    meter = Meter(device=device)
     with torch.no_grad():
         for x, y in batches:
             logits = model(x)
             logits = logits[0] if isinstance(logits, tuple) else logits
             meter.add(criterion(logits, y), logits, y)
-    return meter.means()
+    return meter.means(sum_over_ranks)

@@ -10,7 +10,8 @@ import torch
 
 from ..genotypes import GenotypeError
 from . import search, train
-from .errors import Diverged, UsageError
+from .errors import Diverged, FollowerStopped, RankFailure, UsageError
+from .ranks import environment_rank, under_torchrun
 from .run_dir import NOT_STORED, RESUMABLE, check_new_folder, read_config
 
 
@@ -132,6 +133,14 @@ def build_parser():
     s.add_argument("--no_cuda_graph", action="store_true",
                    help="run every step eagerly on CUDA (default: the whole search step is "
                         "captured once into a CUDA graph and replayed)")
+    s.add_argument("--sync_batch_norm", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the whole batch of all "
+                        "processes (the single-process search on the concatenated batch; one "
+                        "all-reduce per BatchNorm and pass) instead of per process, as DDP keeps "
+                        "them")
+    s.add_argument("--dist_timeout", type=positive_int, default=900, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in one operation "
+                        "before the run stops with an error (default %(default)s)")
     s.add_argument("--original_valid_sampling", action="store_true",
                    help="draw each step's validation batch from a new iterator, as the original "
                         "does (default: one iterator per epoch, every validation image once)")
@@ -151,8 +160,15 @@ def build_parser():
 
 
 def main(argv=None):
+    """The exit code of one command. Under torchrun every rank runs this; what all ranks decide
+    alike (a divergence, an interruption, a failure rank 0 shares) only rank 0 reports, while
+    an error of a rank's own (a bad option, unreadable data, a lost rank) each rank reports,
+    named."""
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     prog = "darts-fast" + (f" {argv[0]}" if argv and argv[0] in ("search", "train") else "")
+    follower = under_torchrun() and environment_rank() != 0
+    if under_torchrun():
+        prog += f" (rank {environment_rank()})"
     try:
         parser, commands = build_parser()
         args = parser.parse_args(argv)
@@ -161,12 +177,19 @@ def main(argv=None):
     except (UsageError, GenotypeError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except Diverged as e:
+    except FollowerStopped as e:
+        return e.code
+    except RankFailure as e:
         print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    except Diverged as e:
+        if not follower:
+            print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Jobs that hold a run folder report the interruption themselves.
-        print(f"\n{prog}: interrupted before anything was written", file=sys.stderr)
+        if not follower:
+            print(f"\n{prog}: interrupted before anything was written", file=sys.stderr)
         return 130
 
 

@@ -18,9 +18,10 @@ class Meter:
     costs no host synchronisation; ``means()`` costs one. With ``skip_non_finite``, a step whose
     loss is not finite (a step the search skipped) is left out."""
 
-    def __init__(self, skip_non_finite=False):
+    def __init__(self, skip_non_finite=False, device="cpu"):
         self.skip_non_finite = skip_non_finite
-        self.sums = None  # [loss * samples, correct, samples], float64
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        # [loss * samples, correct, samples]
 
     def add(self, loss, logits, target):
         loss = loss.detach().double()
@@ -29,24 +30,29 @@ class Meter:
         sums = torch.stack([loss * samples, correct, samples])
         if self.skip_non_finite:
             sums = torch.where(torch.isfinite(loss), sums, 0)
-        self.sums = sums if self.sums is None else self.sums + sums
+        self.sums = self.sums + sums
 
-    def means(self):
-        """(mean loss, accuracy in %); nan for both when no step counted."""
-        loss, correct, samples = self.sums.tolist() if self.sums is not None else (0, 0, 0)
+    def means(self, sum_over_ranks=None):
+        """(mean loss, accuracy in %); nan for both when no step counted. ``sum_over_ranks``
+        (in place, ``Ranks.sum_``) makes them the means over every rank's steps."""
+        sums = self.sums.clone()
+        if sum_over_ranks is not None:
+            sum_over_ranks(sums)
+        loss, correct, samples = sums.tolist()
         if samples == 0:
             return float("nan"), float("nan")
         return loss / samples, 100.0 * correct / samples
 
 
 class Progress:
-    """A bar over one epoch's steps, live on a terminal only; its loss/accuracy postfix is read
-    from the device at most once a second."""
+    """A bar over one epoch's steps, live on a terminal only (and on rank 0 only: ``shown``); its
+    loss/accuracy postfix, that process's own, is read from the device at most once a second."""
 
-    def __init__(self, epoch, epochs, steps, meter):
+    def __init__(self, epoch, epochs, steps, meter, shown=True):
         self.meter = meter
         self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                        file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+                        file=sys.stderr, disable=not (shown and sys.stderr.isatty()),
+                        dynamic_ncols=True)
         self.shown = time.monotonic()
 
     def step(self):

@@ -38,7 +38,7 @@ _TMP_MARK = ".tmp-"
 # Options that --resume accepts: they change how a run proceeds, not what it computed so far.
 # Everything else is the run's own and comes from its config.json.
 RESUMABLE = ("epochs", "stop_after_epoch", "device", "data", "loader", "workers", "no_cuda_graph",
-             "recompute")
+             "recompute", "dist_timeout")
 # Options about one invocation, not stored with the run.
 NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config")
 

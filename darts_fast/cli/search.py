@@ -1,17 +1,27 @@
 """``darts-fast search``: the original ``train_search.py`` on the fused classes (or, with
 ``--reference``, the original algorithm). Each step: one architecture step on a validation batch,
 then one weight step on a training batch; each epoch leaves the genotype, the softmaxed alphas and
-their pictures."""
+their pictures.
+
+Under ``torchrun`` the search runs on every process (``ranks``): each rank steps on its shard of
+the training and validation halves (``--batch_size`` images per rank and step), the weights go
+through DDP and the architect averages its gradients over the ranks, so the alphas stay identical
+on every rank (checked each epoch). BatchNorm statistics are per shard, as DDP keeps them, or
+over the whole batch with ``--sync_batch_norm``."""
+import warnings
+
 import torch
 import torch.nn as nn
 
 from .. import reference
 from ..architect import Architect
+from ..distributed import check_identical
 from ..genotypes import genotype_text, genotype_to_dict
 from ..search_model import Network
 from ..search_step import CaptureError, SearchStep
-from . import data, loop, visualize
-from .errors import UsageError
+from ..sync_batch_norm import SyncBatchNorm2d
+from . import data, loop, ranks as ranks_, visualize
+from .errors import Diverged, UsageError
 
 
 def run(options):
@@ -21,37 +31,68 @@ def run(options):
     if options.reference and options.recompute:
         raise UsageError("--recompute is a darts_fast option; the --reference algorithm stores "
                          "every candidate's output")
-    device = loop.auto_device(options)
+    if ranks_.under_torchrun() and options.reference:
+        raise UsageError("--reference runs in one process; the original architect cannot "
+                         "average its gradients over torchrun's ranks")
+    if options.sync_batch_norm and not ranks_.under_torchrun():
+        raise UsageError("--sync_batch_norm takes BatchNorm statistics over the processes of a "
+                         "torchrun search; one process has them already")
     images, labels = data.search_data(options)
     split = data.split_point(len(labels), options.train_portion)
     if split < 1 or split >= len(labels):
         raise UsageError(f"--train_portion {options.train_portion} leaves an empty split of "
                          f"{len(labels)} images")
-    loop.seed_everything(options.seed)
+    ranks, device = ranks_.start(options, loop.auto_device(options))
+    try:
+        return loop.run(_job(options, images, labels, split, ranks, device))
+    finally:
+        ranks.close()
+
+
+def _job(options, images, labels, split, ranks, device):
+    loop.seed_everything(options.seed)  # the same seed everywhere: the same model on every rank
     network, architect = (reference.Network, reference.Architect) if options.reference else \
         (Network, Architect)
     criterion = nn.CrossEntropyLoss()
+    built = {"recompute": options.recompute}
+    if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
+        built["fold_batch_norm"] = False
     model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion,
-                    recompute=options.recompute).to(device)
+                    **built).to(device)
+    if options.sync_batch_norm:
+        model = SyncBatchNorm2d.convert(model)
+    stepped = model
+    if ranks.distributed:
+        # The network's channels_last activations give some filter gradients other strides than
+        # the filters' (mostly in size-1 dimensions): DDP copies those into its buckets.
+        warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
+        with warnings.catch_warnings():
+            # Its successor, forward_sync_buffers, would also copy rank 0's buffers at start.
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            stepped = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None,
+                broadcast_buffers=False)  # the BatchNorm statistics stay the ranks' own
+        loop.seed_everything(ranks.derived_seed(options.seed))  # each rank its augmentations
     optimizer = torch.optim.SGD(model.parameters(), options.learning_rate,
                                 momentum=options.momentum, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, options.epochs, eta_min=options.learning_rate_min)
     architect = architect(model, options) if options.reference else \
-        architect(model, options, hessian=options.hessian)
+        architect(stepped, options, hessian=options.hessian)
     if options.reference and device.type == "cuda" and not options.no_cuda_graph:
         raise UsageError("the --reference architect rebuilds its model every step and cannot "
                          "be captured into a CUDA graph; add --no_cuda_graph")
-    job = SearchJob(options, model, optimizer, scheduler, criterion, device)
+    job = SearchJob(options, model, optimizer, scheduler, criterion, device, ranks)
     job.architect = architect
-    job.search_step = SearchStep(model, architect, optimizer, criterion, options.grad_clip,
+    job.search_step = SearchStep(stepped, architect, optimizer, criterion, options.grad_clip,
                                  options.unrolled, cuda_graph=device.type == "cuda"
-                                 and not options.no_cuda_graph)
+                                 and not options.no_cuda_graph and not ranks.distributed)
     # The original draws validation batches from the training set, with the training transform.
-    job.train_loader = data.loader(options, images, labels, range(split), device, True, True)
+    job.train_loader = data.loader(options, images, labels, range(split), device, True, True,
+                                   ranks)
     job.valid_loader = data.loader(options, images, labels, range(split, len(labels)), device,
-                                   True, True)
-    return loop.run(job)
+                                   True, True, ranks)
+    return job
 
 
 class SearchJob(loop.Job):
@@ -88,8 +129,10 @@ class SearchJob(loop.Job):
         return self.valid_loader
 
     def extra_state(self):
+        shards = [loader.shards for loader in (self.train_loader, self.valid_loader)]
         return {"alphas": [a.detach().cpu() for a in self.model.arch_parameters()],
-                "architect_optimizer": self.architect.optimizer.state_dict()}
+                "architect_optimizer": self.architect.optimizer.state_dict(),
+                **({"loader_passes": [s.passes for s in shards]} if shards[0] is not None else {})}
 
     def restore_extra(self, state):
         alphas = self.model.arch_parameters()
@@ -99,9 +142,23 @@ class SearchJob(loop.Job):
             for alpha, saved in zip(alphas, state["alphas"]):
                 alpha.copy_(saved)
         self.architect.optimizer.load_state_dict(state["architect_optimizer"])
+        if self.ranks.distributed:
+            for loader, passes in zip((self.train_loader, self.valid_loader),
+                                      state["loader_passes"]):
+                loader.shards.passes = passes
 
     def tensors_to_check(self):
         return [*self.model.parameters(), *self.model.arch_parameters()]
+
+    def check_ranks(self, epoch):
+        for what, tensors in (("alphas", self.model.arch_parameters()),
+                              ("weights", list(self.model.parameters()))):
+            try:
+                check_identical(tensors, self.ranks.group, what)
+            except RuntimeError as e:
+                raise Diverged(f"after epoch {epoch + 1}, {e}: the ranks no longer search the "
+                               f"same architecture (the last checkpoint holds the alphas of "
+                               f"rank 0 at epoch {epoch})") from None
 
     def write_outputs(self, run, log, epoch, rows):
         genotype = self.model.genotype()
@@ -129,11 +186,15 @@ class SearchJob(loop.Job):
         log.events.add_text("genotype", text, epoch)
 
     def describe(self):
-        o = self.options
+        o, ranks = self.options, self.ranks
         order = "second" if o.unrolled else "first"
-        return (f"{'reference' if o.reference else 'fused'} {order}-order search on "
-                f"{self.device}, {o.dataset} data ({len(self.train_loader)} + "
-                f"{len(self.valid_loader)} batches of {o.batch_size}), {o.loader} loader")
+        where = (f"{ranks.world} processes ({ranks.backend}; rank 0 on {self.device}), "
+                 f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
+                 if ranks.distributed else f"{self.device}")
+        per = " per process" if ranks.distributed else ""
+        return (f"{'reference' if o.reference else 'fused'} {order}-order search on {where}, "
+                f"{o.dataset} data ({len(self.train_loader)} + {len(self.valid_loader)} batches "
+                f"of {o.batch_size}{per}), {o.loader} loader")
 
     def output_lines(self, run):
         return [f"genotype:  {run.file('genotype.json')} (and genotype.txt: "

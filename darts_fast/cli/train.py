@@ -5,11 +5,13 @@ import torch.nn as nn
 
 from ..eval_model import NetworkCIFAR
 from ..genotypes import genotype_text, genotype_to_dict, parse_genotype
-from . import data, loop
+from . import data, loop, ranks
 from .errors import UsageError
 
 
 def run(options):
+    if ranks.under_torchrun():
+        raise UsageError("train runs in one process; torchrun runs darts-fast search")
     if options.genotype is None:
         raise UsageError("train needs --genotype (a JSON file, a name, or Genotype(...) text)")
     genotype = parse_genotype(options.genotype)
