@@ -2,12 +2,14 @@
 # The GPU check, in one call: build the CUDA kernels in place, run every CUDA case of the test
 # suite (a skipped one is a failure), run a CUDA test selection under compute-sanitizer, search on
 # CUDA from the command line (captured step, and twice with --deterministic: the alphas must have
-# the same bits), and write the CUDA section of benchmarks/RESULTS.md. Sized for one H200 with 16
+# the same bits), write the CUDA section of benchmarks/RESULTS.md, and time the step through the
+# distributed code path on one GPU (NCCL, world size 1) against the plain step, then search from
+# the command line under torchrun. Sized for one H200 with 16
 # cores: each stage has its own time limit (560 s in all), a failed stage does not stop the
 # others, and --stages reruns only some. Logs and JSON go to the output folder (8 files at most);
 # a short table is printed last.
 #
-#   bash benchmarks/gpu_check.sh [--out DIR] [--stages build,tests,report,sanitizer,cli]
+#   bash benchmarks/gpu_check.sh [--out DIR] [--stages build,tests,report,sanitizer,cli,distributed]
 #
 # DIR defaults to $OUT, else ./gpu_check_out. Run from anywhere; python3 must be the Python whose
 # torch has CUDA (override with PYTHON=...).
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 out=${OUT:-gpu_check_out}
-stages=build,tests,sanitizer,cli,report
+stages=build,tests,sanitizer,cli,report,distributed
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
@@ -28,8 +30,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${stages//,/ }; do
-  case "$s" in build|tests|sanitizer|cli|report) ;;
-    *) echo "gpu_check.sh: unknown stage '$s' (stages: build,tests,sanitizer,cli,report)" >&2
+  case "$s" in build|tests|sanitizer|cli|report|distributed) ;;
+    *) echo "gpu_check.sh: unknown stage '$s' (stages: build,tests,sanitizer,cli,report," \
+            "distributed)" >&2
        exit 2 ;;
   esac
 done
@@ -158,14 +161,27 @@ report() {
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
 
-export -f build cuda_tests sanitizer cli report
+# The distributed code path on one GPU (NCCL, world size 1) against the plain step, both eager;
+# then a search from the command line under torchrun on that GPU.
+distributed() {
+  "$python" benchmarks/distributed_scaling.py --device cuda --worlds 1 --batch 64 --repeats 8 \
+    --warmup 3 >"$out/distributed.txt" 2>&1 &&
+  cp benchmarks/RESULTS.md "$out/RESULTS.md" &&
+  rm -rf /tmp/gpu_check_torchrun &&
+  "$python" -m torch.distributed.run --standalone --nproc_per_node 1 -m darts_fast search \
+    --epochs 1 --layers 5 --init_channels 16 --batch_size 64 --synthetic_size 512 --unrolled \
+    --device cuda --run_dir /tmp/gpu_check_torchrun
+}
+
+export -f build cuda_tests sanitizer cli report distributed
 export out python
-# The figures first; the limits add up to 560 s, inside a 10-minute call.
+# The figures first; the limits add up to 580 s, inside a 10-minute call.
 wants build && stage build 110 build
 wants tests && stage tests 110 cuda_tests
-wants report && stage report 230 report
+wants report && stage report 190 report
 wants sanitizer && stage sanitizer 60 sanitizer
 wants cli && stage cli 50 cli
+wants distributed && stage distributed 60 distributed
 
 {
   echo
@@ -175,6 +191,7 @@ wants cli && stage cli 50 cli
   done
   [ -f "$out/sanitizer.txt" ] && sed 's/^/  sanitizer /' "$out/sanitizer.txt"
   [ -f "$out/cli.txt" ] && tail -1 "$out/cli.txt" | sed 's/^/  cli /'
+  [ -f "$out/distributed.txt" ] && grep '^| ' "$out/distributed.txt" | sed 's/^/  /'
   [ -f "$out/report-cuda.md" ] && sed -n '/^Targets/,/^$/p;/^| target/,/^$/p' \
     "$out/report-cuda.md" | head -20
 } | tee -a "$log"

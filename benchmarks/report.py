@@ -354,8 +354,9 @@ def budget_table(device, batches, curve, budget_mb):
     return "\n".join(lines) + "\n", records
 
 
-def update_results_md(device, section, path=os.path.join(HERE, "RESULTS.md")):
-    begin, end = f"<!-- {device.type} begin -->", f"<!-- {device.type} end -->"
+def update_results_md(key, section, path=os.path.join(HERE, "RESULTS.md")):
+    """Replaces the section marked ``key`` in RESULTS.md (appends it the first time)."""
+    begin, end = f"<!-- {key} begin -->", f"<!-- {key} end -->"
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
     block = f"{begin}\n{section}\n{end}"
     if begin in text:
@@ -435,7 +436,7 @@ def main():
                    "bandwidth_bytes_per_s": bandwidth, "results": records}, f, indent=2)
     with open(os.path.join(out_dir, f"report-{device.type}.md"), "w") as f:
         f.write(section + "\n")
-    update_results_md(device, section)
+    update_results_md(device.type, section)
     print(section)
 
 

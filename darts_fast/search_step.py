@@ -11,7 +11,9 @@ The body of the original ``train_search.py`` loop::
     optimizer.step()
 
 becomes ``loss, logits = step(input_train, target_train, input_valid, target_valid, lr)`` with
-``step = SearchStep(model, architect, optimizer, grad_clip=5.0, unrolled=True)``.
+``step = SearchStep(model, architect, optimizer, grad_clip=5.0, unrolled=True)``. With
+``architect=None`` it is the weight step alone (PC-DARTS' first epochs, before the architecture
+steps begin); the validation batch is then not used.
 
 On a GPU this step is thousands of small kernels (8 cells x 14 edges x up to 8 candidates, five
 passes for second order): launching them takes longer than running them. With ``cuda_graph``
@@ -54,7 +56,8 @@ class CaptureError(RuntimeError):
 class SearchStep:
     def __init__(self, model, architect, optimizer, criterion=None, grad_clip=5.0, unrolled=True,
                  cuda_graph=None, warmup=3):
-        criterion = criterion if criterion is not None else getattr(model, "_criterion", None)
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        criterion = criterion if criterion is not None else getattr(inner, "_criterion", None)
         if not callable(criterion):
             raise TypeError("SearchStep: give a criterion, or a model with a _criterion "
                             "attribute, as the original Network has")
@@ -105,8 +108,9 @@ class SearchStep:
 
     def _step(self, input_train, target_train, input_valid, target_valid, lr):
         self.model.train()
-        self.architect.step(input_train, target_train, input_valid, target_valid, lr,
-                            self.optimizer, unrolled=self.unrolled)
+        if self.architect is not None:
+            self.architect.step(input_train, target_train, input_valid, target_valid, lr,
+                                self.optimizer, unrolled=self.unrolled)
         return self._weight_step(input_train, target_train)
 
     def _weight_step(self, x, y):

@@ -281,6 +281,41 @@ def test_search_on_cifar_archive(tmp_path):
                 "--workers", "1", "--run_dir", tmp_path / "run"]) == 0
 
 
+def test_pc_darts_search_on_cifar_files_with_its_authors_schedule(tmp_path, capsys):
+    """--method pc-darts: the authors' defaults where not given, weight steps alone until
+    --arch_start_epoch (the alphas and betas as initialised), then architecture steps; resumed
+    across that boundary; edge weights in the alphas file; the PC-DARTS genotype rule."""
+    from darts_fast import PCNetwork
+    from darts_fast.cli.loop import seed_everything
+
+    cifar = write_cifar(tmp_path / "cifar", n=8)
+    folder = tmp_path / "run"
+    argv = ["search", "--method", "pc-darts", "--layers", "3", "--init_channels", "8",
+            "--batch_size", "8", "--device", "cpu", "--data", cifar, "--epochs", "2",
+            "--arch_start_epoch", "1", "--run_dir", folder]
+    assert run([*argv, "--stop_after_epoch", "1"]) == 0
+    options = json.loads((folder / "config.json").read_text())["options"]
+    assert (options["learning_rate"], options["arch_learning_rate"],
+            options["partial_channels"]) == (0.1, 6e-4, 4)
+    seed_everything(2)
+    fresh = PCNetwork(8, 10, 3, torch.nn.CrossEntropyLoss(), k=4)
+    first = state_of(folder)["alphas"]
+    assert len(first) == 4 and all(torch.equal(a, b.detach())
+                                   for a, b in zip(first, fresh.arch_parameters()))
+    assert "pc-darts (k=4) search" in capsys.readouterr().err
+    assert run(["search", "--resume", folder]) == 0
+    last = state_of(folder)["alphas"]
+    assert all(not torch.equal(a, b) for a, b in zip(first, last))
+    with torch.no_grad():
+        for param, saved in zip(fresh.arch_parameters(), last):
+            param.copy_(saved)
+    assert json.loads((folder / "genotype.json").read_text())["text"] == \
+        genotype_text(fresh.genotype())
+    alphas = json.loads((folder / "alphas_epoch_002.json").read_text())
+    assert torch.allclose(torch.tensor(alphas["normal_edges"]),
+                          fresh.edge_weights(last[2]).float())
+
+
 def test_missing_and_malformed_data(tmp_path, capsys):
     assert "does not exist" in error_of(["search", *TINY, "--data", tmp_path / "nowhere",
                                          "--run_dir", tmp_path / "r1"], capsys)
@@ -319,6 +354,10 @@ def test_missing_and_malformed_data(tmp_path, capsys):
     (["search", "--resume", ""], "--resume: expected a folder, got an empty name"),
     (["search", "--hessian", "exact", "--reference"], "--hessian exact is a darts_fast option"),
     (["search", "--recompute", "--reference"], "--recompute is a darts_fast option"),
+    (["search", "--partial_channels", "2"], "--partial_channels is a pc-darts option"),
+    (["search", "--method", "pc-darts", "--partial_channels", "3"],
+     "--partial_channels 3 must divide --init_channels 16"),
+    (["search", "--method", "gdas"], "argument --method: invalid choice: 'gdas'"),
     (["train", *TINY, "--genotype", "DARTS", "--auxiliary", "--layers", "1"],
      "needs layers >= 2"),
 ])

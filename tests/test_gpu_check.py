@@ -114,8 +114,8 @@ def test_weighted_sum_floor_times_both_sums():
 def test_results_md_keeps_the_other_device_section(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n<!-- cpu begin -->\ncpu figures\n<!-- cpu end -->\n")
-    report.update_results_md(torch.device("cuda"), "cuda figures", str(path))
-    report.update_results_md(torch.device("cuda"), "new cuda figures", str(path))
+    report.update_results_md("cuda", "cuda figures", str(path))
+    report.update_results_md("cuda", "new cuda figures", str(path))
     text = path.read_text()
     assert "cpu figures" in text and "new cuda figures" in text and "\ncuda figures" not in text
 

@@ -114,12 +114,23 @@ def build_parser():
 
     s = sub.add_parser("search", allow_abbrev=False,
                        help="search a cell architecture (the original train_search.py)")
-    _common_options(s, batch_size=64, epochs=50, init_channels=16, layers=8, seed_default=2)
+    _common_options(s, batch_size=None, epochs=50, init_channels=16, layers=8, seed_default=2)
+    s.add_argument("--method", choices=sorted(search.METHOD_DEFAULTS), default="darts",
+                   help="darts (the original) or pc-darts (partial channels and edge "
+                        "normalisation, its authors' defaults); default %(default)s")
+    s.set_defaults(learning_rate=None)  # the method's (see --help of each below)
     s.add_argument("--learning_rate_min", type=non_negative, default=0.001)
     s.add_argument("--train_portion", type=portion, default=0.5)
     s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
-    s.add_argument("--arch_learning_rate", type=non_negative, default=3e-4)
+    s.add_argument("--arch_learning_rate", type=non_negative, default=None)
     s.add_argument("--arch_weight_decay", type=non_negative, default=1e-3)
+    s.add_argument("--arch_start_epoch", type=non_negative_int, default=None,
+                   help="epochs of weight steps alone before the architecture steps begin")
+    s.add_argument("--partial_channels", type=positive_int, default=None, metavar="K",
+                   help="pc-darts: the candidates see 1/K of the channels (default 4)")
+    s.epilog = ("defaults by --method: " + "; ".join(
+        f"{method}: " + ", ".join(f"--{k} {v}" for k, v in values.items())
+        for method, values in sorted(search.METHOD_DEFAULTS.items())))
     s.add_argument("--reference", action="store_true",
                    help="run the original algorithm (Python-sum MixedOp, original Architect)")
     s.add_argument("--hessian", choices=["finite_difference", "exact"],
@@ -201,6 +212,8 @@ def resolve_options(args, command_parser, argv):
     options.saved_config = None
     if not args.resume:
         _check_data_options(options)
+        if args.command == "search":
+            search.resolve_method(options)
         if options.run_dir is not None:  # before the data is read; checked again once held
             check_new_folder(options.run_dir)
         return options

@@ -17,11 +17,36 @@ from .. import reference
 from ..architect import Architect
 from ..distributed import check_identical
 from ..genotypes import genotype_text, genotype_to_dict
+from ..pc_darts import PCNetwork
 from ..search_model import Network
 from ..search_step import CaptureError, SearchStep
 from ..sync_batch_norm import SyncBatchNorm2d
 from . import data, loop, ranks as ranks_, visualize
 from .errors import Diverged, UsageError
+
+
+# The authors' settings of each method (PC-DARTS: yuhuixu1993/PC-DARTS train_search.py).
+METHOD_DEFAULTS = {
+    "darts": {"batch_size": 64, "learning_rate": 0.025, "arch_learning_rate": 3e-4,
+              "arch_start_epoch": 0},
+    "pc-darts": {"batch_size": 256, "learning_rate": 0.1, "arch_learning_rate": 6e-4,
+                 "arch_start_epoch": 15, "partial_channels": 4},
+}
+
+
+def resolve_method(options):
+    """Fills the options left unset with the method's defaults (a new run; config.json then
+    holds them)."""
+    if options.partial_channels is not None and options.method != "pc-darts":
+        raise UsageError(f"--partial_channels is a pc-darts option, not a {options.method} one "
+                         f"(add --method pc-darts)")
+    for name, value in METHOD_DEFAULTS[options.method].items():
+        if getattr(options, name) is None:
+            setattr(options, name, value)
+    if options.method == "pc-darts" and options.init_channels % options.partial_channels:
+        raise UsageError(f"--partial_channels {options.partial_channels} must divide "
+                         f"--init_channels {options.init_channels} (the candidates see 1/K of "
+                         f"each edge's channels)")
 
 
 def run(options):
@@ -55,6 +80,9 @@ def _job(options, images, labels, split, ranks, device):
         (Network, Architect)
     criterion = nn.CrossEntropyLoss()
     built = {"recompute": options.recompute}
+    if options.method == "pc-darts":
+        network = reference.PCNetwork if options.reference else PCNetwork
+        built["k"] = options.partial_channels
     if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
         built["fold_batch_norm"] = False
     model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion,
@@ -84,9 +112,11 @@ def _job(options, images, labels, split, ranks, device):
                          "be captured into a CUDA graph; add --no_cuda_graph")
     job = SearchJob(options, model, optimizer, scheduler, criterion, device, ranks)
     job.architect = architect
+    graph = device.type == "cuda" and not options.no_cuda_graph and not ranks.distributed
     job.search_step = SearchStep(stepped, architect, optimizer, criterion, options.grad_clip,
-                                 options.unrolled, cuda_graph=device.type == "cuda"
-                                 and not options.no_cuda_graph and not ranks.distributed)
+                                 options.unrolled, cuda_graph=graph)
+    job.weight_step = SearchStep(stepped, None, optimizer, criterion, options.grad_clip,
+                                 cuda_graph=graph) if options.arch_start_epoch else None
     # The original draws validation batches from the training set, with the training transform.
     job.train_loader = data.loader(options, images, labels, range(split), device, True, True,
                                    ranks)
@@ -98,6 +128,9 @@ def _job(options, images, labels, split, ranks, device):
 class SearchJob(loop.Job):
     command = "search"
     finished = "search finished"
+
+    def begin_epoch(self, epoch):
+        self.epoch = epoch
 
     def steps_per_epoch(self):
         return len(self.train_loader)
@@ -114,15 +147,19 @@ class SearchJob(loop.Job):
     def step(self, batch, lr):
         # Epoch e uses the cosine rate of epoch e, as the original did on the PyTorch it was
         # written for; eta of the architect step is that rate.
+        step = self.search_step if self.epoch >= self.options.arch_start_epoch else \
+            self.weight_step
         try:
-            loss, logits = self.search_step(*batch, lr)
+            loss, logits = step(*batch, lr)
         except CaptureError as e:
             raise UsageError(f"{e}: continue the run with --resume and --no_cuda_graph") \
                 from None
         return loss, logits, batch[1]
 
     def skip_counters(self):
-        return {"weight": self.search_step.skipped_steps,
+        weight = [s.skipped_steps for s in (self.search_step, self.weight_step)
+                  if s is not None and s.skipped_steps is not None]
+        return {"weight": sum(weight) if weight else None,
                 "architecture": getattr(self.architect, "skipped_steps", None)}
 
     def eval_batches(self):
@@ -167,11 +204,17 @@ class SearchJob(loop.Job):
         run.write_json(f"genotype_epoch_{epoch:03d}.json", record)
         run.write_json("genotype.json", record)
         run.write_text("genotype.txt", text + "\n")
+        model = self.model
         with torch.no_grad():
             normal, reduce = (torch.softmax(a.detach().float().cpu(), -1)
-                              for a in self.model.arch_parameters())
+                              for a in (model.alphas_normal, model.alphas_reduce))
+            edges = {f"{name}_edges": model.edge_weights(betas).float().cpu().tolist()
+                     for name, betas in (("normal", getattr(model, "betas_normal", None)),
+                                         ("reduce", getattr(model, "betas_reduce", None)))
+                     if betas is not None}
         run.write_json(f"alphas_epoch_{epoch:03d}.json",
-                       {"epoch": epoch, "normal": normal.tolist(), "reduce": reduce.tolist()})
+                       {"epoch": epoch, "normal": normal.tolist(), "reduce": reduce.tolist(),
+                        **edges})
         run.write_bytes("normal.png", visualize.cell_png(
             genotype.normal, genotype.normal_concat, f"normal cell, epoch {epoch}"))
         run.write_bytes("reduction.png", visualize.cell_png(
@@ -192,7 +235,11 @@ class SearchJob(loop.Job):
                  f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
                  if ranks.distributed else f"{self.device}")
         per = " per process" if ranks.distributed else ""
-        return (f"{'reference' if o.reference else 'fused'} {order}-order search on {where}, "
+        method = (f"{o.method} (k={o.partial_channels}) " if o.method == "pc-darts" else "")
+        start = (f", architecture steps from epoch {o.arch_start_epoch + 1}"
+                 if o.arch_start_epoch else "")
+        return (f"{'reference' if o.reference else 'fused'} {order}-order {method}search on "
+                f"{where}{start}, "
                 f"{o.dataset} data ({len(self.train_loader)} + {len(self.valid_loader)} batches "
                 f"of {o.batch_size}{per}), {o.loader} loader")
 
