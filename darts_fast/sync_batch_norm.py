@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .distributed import sum_over_ranks
+from .mixed_op import MixedOp
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
@@ -38,8 +39,6 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         the same parameters and buffers (in place below the top; returns the new top). Refuses
         a mixed op that folds its BatchNorms into the fused sum: the fold takes its statistics
         inside the kernel, per rank (build the network with ``fold_batch_norm=False``)."""
-        from .mixed_op import MixedOp
-
         for m in module.modules():
             if isinstance(m, MixedOp) and m.fold_batch_norm and any(m._folds):
                 raise ValueError("SyncBatchNorm2d.convert: the network folds its BatchNorms "

@@ -230,10 +230,14 @@ class ShardedOrder:
     def __len__(self):
         return len(self.sampler)
 
-    def __iter__(self):
+    def next_pass(self):
+        """This rank's indices of the next pass, as an int64 tensor."""
         self.sampler.set_epoch(self.passes)
         self.passes += 1
-        return iter(self.indices[list(self.sampler)].tolist())
+        return self.indices[list(self.sampler)]
+
+    def __iter__(self):  # a DataLoader's sampler
+        return iter(self.next_pass().tolist())
 
 
 class TensorLoader:
@@ -256,7 +260,7 @@ class TensorLoader:
 
     def __iter__(self):
         if self.shards is not None:
-            order = torch.tensor(list(self.shards), dtype=torch.int64)
+            order = self.shards.next_pass()
         else:
             order = self.indices[torch.randperm(len(self.indices))] if self.shuffle else \
                 self.indices

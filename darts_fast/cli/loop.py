@@ -134,8 +134,8 @@ def _run(job):
         folder, state, rows, behind = _open(job)
         start = state["epoch"] if state else 0
         if not ranks.leader:
-            _restore(job, state)
-        if ranks.leader:
+            _restore(job, state)  # rank 0 restored its job while opening the folder
+        else:
             log = RunLog(folder, job.command, start)
             if behind:  # a kill cut the checkpointed epoch's outputs short
                 _write_outputs(job, folder, log, start, rows)

@@ -118,7 +118,7 @@ def build_parser():
     s.add_argument("--method", choices=sorted(search.METHOD_DEFAULTS), default="darts",
                    help="darts (the original) or pc-darts (partial channels and edge "
                         "normalisation, its authors' defaults); default %(default)s")
-    s.set_defaults(learning_rate=None)  # the method's (see --help of each below)
+    s.set_defaults(learning_rate=None)  # the method's default (listed in the epilog)
     s.add_argument("--learning_rate_min", type=non_negative, default=0.001)
     s.add_argument("--train_portion", type=portion, default=0.5)
     s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")

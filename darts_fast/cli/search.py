@@ -130,7 +130,9 @@ class SearchJob(loop.Job):
     finished = "search finished"
 
     def begin_epoch(self, epoch):
-        self.epoch = epoch
+        if epoch >= self.options.arch_start_epoch:
+            # Its saved state (and on CUDA its captured graph's memory pool) is not needed again.
+            self.weight_step = None
 
     def steps_per_epoch(self):
         return len(self.train_loader)
@@ -147,8 +149,7 @@ class SearchJob(loop.Job):
     def step(self, batch, lr):
         # Epoch e uses the cosine rate of epoch e, as the original did on the PyTorch it was
         # written for; eta of the architect step is that rate.
-        step = self.search_step if self.epoch >= self.options.arch_start_epoch else \
-            self.weight_step
+        step = self.search_step if self.weight_step is None else self.weight_step
         try:
             loss, logits = step(*batch, lr)
         except CaptureError as e:
