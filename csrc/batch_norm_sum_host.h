@@ -3,10 +3,12 @@
 // Host-side argument checks and preparation for batch_norm_weighted_sum and its backward, shared
 // by the CPU and CUDA implementations.
 #include <ATen/ATen.h>
+#include <ATen/TensorUtils.h>
 
 #include "host_device.h"
 #include "layout.h"
 
+#include <optional>
 #include <vector>
 
 namespace darts_fast {
@@ -55,6 +57,26 @@ inline void check_batch_norm_sum_args(const char* op, at::TensorList ys, const a
               batch_stats.size());
 }
 
+inline void check_groups(const char* op, int64_t groups, bool with_rest) {
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(with_rest == (groups > 1), op,
+              with_rest ? ": rest needs groups >= 2 (the weighted sum is one group of the output)"
+                        : ": groups > 1 needs rest, the other groups' channels");
+}
+
+// rest (N, (groups - 1) * C, H, W) beside ys (N, C, H, W).
+inline void check_rest(const char* op, const at::Tensor& rest, const at::Tensor& y0,
+                       int64_t groups) {
+  const std::vector<int64_t> shape{y0.size(0), (groups - 1) * y0.size(1), y0.size(2),
+                                   y0.size(3)};
+  TORCH_CHECK(rest.sizes() == at::IntArrayRef(shape), op,
+              ": rest must have shape [N, (groups - 1) * C, H, W] = ", at::IntArrayRef(shape),
+              ", got ", rest.sizes());
+  TORCH_CHECK(rest.scalar_type() == y0.scalar_type() && rest.device() == y0.device(), op,
+              ": rest must have the dtype and device of ys (", y0.scalar_type(), ", ",
+              y0.device(), "), got ", rest.scalar_type(), ", ", rest.device());
+}
+
 // A candidate output as the kernels index it: element (o, c, i) at (o * C + c) * inner + i, so a
 // channel is `outer` runs of `inner` elements. NCHW is (N, C, H * W); channels_last is
 // (N * H * W, C, 1).
@@ -62,6 +84,47 @@ struct ChannelGeometry {
   int64_t outer, C, inner;
   DARTS_HOST_DEVICE int64_t count() const { return outer * inner; }  // elements per channel
   DARTS_HOST_DEVICE int64_t numel() const { return outer * C * inner; }
+};
+
+// PC-DARTS' partial-channel output as the kernels index it (groups == 1: the plain weighted
+// sum). The weighted sum's C channels and the (groups - 1) * C channels of `rest` are
+// concatenated and shuffled in groups of `groups`: concatenated channel g * C + c lands on
+// output channel c * groups + g. The output is (outer, C * groups, inner) in the layout of the
+// ys; rest element (o, r, i) is at o * rest_outer + r * rest_channel + i.
+struct Shuffle {
+  int64_t groups = 1, rest_outer = 0, rest_channel = 0;
+
+  DARTS_HOST_DEVICE int64_t numel(const ChannelGeometry& geo) const {
+    return geo.numel() * groups;
+  }
+  // The output index of concatenated channel g * C + c at (o, i), and the rest's offset of
+  // that channel (g >= 1).
+  DARTS_HOST_DEVICE int64_t output_index(const ChannelGeometry& geo, int64_t o, int64_t c,
+                                         int64_t g, int64_t i) const {
+    return ((o * geo.C + c) * groups + g) * geo.inner + i;
+  }
+  DARTS_HOST_DEVICE int64_t rest_index(const ChannelGeometry& geo, int64_t o, int64_t c,
+                                       int64_t g, int64_t i) const {
+    return o * rest_outer + ((g - 1) * geo.C + c) * rest_channel + i;
+  }
+  // The output index of element e = (o * C + c) * inner + i of the weighted sum.
+  DARTS_HOST_DEVICE int64_t sum_to_output(const ChannelGeometry& geo, int64_t e) const {
+    const int64_t oc = e / geo.inner;
+    return output_index(geo, oc / geo.C, oc % geo.C, 0, e % geo.inner);
+  }
+  // Output element f: true with the weighted sum's element in *e, or false with the offset of
+  // its rest element in *rest.
+  DARTS_HOST_DEVICE bool locate(const ChannelGeometry& geo, int64_t f, int64_t* e,
+                                int64_t* rest) const {
+    const int64_t i = f % geo.inner, q = f / geo.inner;  // q = (o * C + c) * groups + g
+    const int64_t g = q % groups, oc = q / groups;
+    if (g == 0) {
+      *e = oc * geo.inner + i;
+      return true;
+    }
+    *rest = rest_index(geo, oc / geo.C, oc % geo.C, g, i);
+    return false;
+  }
 };
 
 // The layout the kernels read and write: ys[0]'s when it is NCHW or channels_last, NCHW
@@ -79,6 +142,27 @@ inline ChannelGeometry geometry_of(const at::Tensor& y, at::MemoryFormat layout)
   return {y.size(0), y.size(1), HW};
 }
 
+// Sets the shuffle's rest strides for `rest` read in place, when its (outer, channel, inner)
+// indexing in `layout` has inner stride 1 (NCHW slices and channels_last slices of a channel
+// range do); returns the tensor to read: rest itself, or else a copy in `layout`.
+inline at::Tensor rest_in_layout(const at::Tensor& rest, at::MemoryFormat layout,
+                                 Shuffle* shuffle) {
+  const bool last = layout == at::MemoryFormat::ChannelsLast;
+  const at::Tensor ordered = last ? rest.permute({0, 2, 3, 1}) : rest;
+  const int64_t R = rest.size(1), HW = rest.size(2) * rest.size(3);
+  const std::vector<int64_t> flat = last ? std::vector<int64_t>{rest.size(0) * HW, R, 1}
+                                         : std::vector<int64_t>{rest.size(0), R, HW};
+  const auto strides = at::detail::computeStride(ordered.sizes(), ordered.strides(), flat);
+  if (strides && ((*strides)[2] == 1 || flat[2] == 1)) {
+    shuffle->rest_outer = (*strides)[0];
+    shuffle->rest_channel = (*strides)[1];
+    return rest;
+  }
+  shuffle->rest_outer = R * flat[2];
+  shuffle->rest_channel = flat[2];
+  return rest.contiguous(layout);
+}
+
 inline std::vector<at::Tensor> in_layout(at::TensorList ts, at::MemoryFormat layout) {
   std::vector<at::Tensor> out;
   out.reserve(ts.size());
@@ -91,24 +175,33 @@ inline std::vector<at::Tensor> in_layout(at::TensorList ts, at::MemoryFormat lay
 // variance in `var` (zero elsewhere).
 struct BatchNormSumForward {
   at::Tensor out, mean, invstd, var, weights;
+  at::Tensor rest;  // undefined without one
   std::vector<at::Tensor> ys;
   ChannelGeometry geo;
+  Shuffle shuffle;
 };
 
 inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::Tensor& weights,
                                                   const at::Tensor& mean,
                                                   const at::Tensor& invstd,
                                                   const c10::List<bool>& batch_stats,
-                                                  c10::DeviceType device_type) {
+                                                  const std::optional<at::Tensor>& rest,
+                                                  int64_t groups, c10::DeviceType device_type) {
   const char* op = "batch_norm_weighted_sum";
   check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  check_groups(op, groups, rest.has_value());
+  if (rest) check_rest(op, *rest, ys[0], groups);
   TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
               c10::DeviceTypeName(device_type), " tensors");
   BatchNormSumForward args;
   const at::MemoryFormat layout = kernel_layout(ys[0]);
   args.geo = geometry_of(ys[0], layout);
+  args.shuffle.groups = groups;
+  if (rest) args.rest = rest_in_layout(*rest, layout, &args.shuffle);
   const at::ScalarType acc = accumulate_type(ys[0].scalar_type());
-  args.out = at::empty(ys[0].sizes(), ys[0].options().memory_format(layout));
+  std::vector<int64_t> out_shape = ys[0].sizes().vec();
+  out_shape[1] *= groups;
+  args.out = at::empty(out_shape, ys[0].options().memory_format(layout));
   args.mean = mean.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   args.invstd = invstd.to(acc, false, true).contiguous();
   args.var = at::zeros_like(args.mean);
@@ -121,24 +214,31 @@ inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::T
 struct BatchNormSumBackward {
   std::vector<at::Tensor> grad_ys;  // one per flagged tensor of ys, in order
   at::Tensor grad_weights;          // [0] when not wanted
+  at::Tensor grad_rest;             // [0] when not wanted; dense in the layout of the ys else
   at::Tensor grad, mean, invstd, weights;
   std::vector<at::Tensor> ys;
   ChannelGeometry geo;
+  Shuffle shuffle;  // its rest strides are grad_rest's
 };
 
 inline BatchNormSumBackward prepare_batch_norm_sum_backward(
     const at::Tensor& grad, at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
     const at::Tensor& invstd, const c10::List<bool>& batch_stats,
-    const c10::List<bool>& ys_need_grad, bool weights_need_grad, c10::DeviceType device_type) {
+    const c10::List<bool>& ys_need_grad, bool weights_need_grad, int64_t groups,
+    bool rest_need_grad, c10::DeviceType device_type) {
   const char* op = "batch_norm_weighted_sum_backward";
   check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(!rest_need_grad || groups > 1, op, ": rest_need_grad needs groups >= 2");
   TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
               c10::DeviceTypeName(device_type), " tensors");
-  TORCH_CHECK(grad.sizes() == ys[0].sizes() && grad.scalar_type() == ys[0].scalar_type() &&
-                  grad.device() == ys[0].device(),
-              op, ": grad must have the shape, dtype and device of ys (", ys[0].sizes(), ", ",
-              ys[0].scalar_type(), ", ", ys[0].device(), "), got ", grad.sizes(), ", ",
-              grad.scalar_type(), ", ", grad.device());
+  std::vector<int64_t> out_shape = ys[0].sizes().vec();
+  out_shape[1] *= groups;
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape) &&
+                  grad.scalar_type() == ys[0].scalar_type() && grad.device() == ys[0].device(),
+              op, ": grad must have the dtype and device of ys and the output's shape (",
+              at::IntArrayRef(out_shape), ", ", ys[0].scalar_type(), ", ", ys[0].device(),
+              "), got ", grad.sizes(), ", ", grad.scalar_type(), ", ", grad.device());
   TORCH_CHECK(ys_need_grad.size() == ys.size(), op,
               ": ys_need_grad must have one flag per tensor in ys (", ys.size(), "), got ",
               ys_need_grad.size());
@@ -154,6 +254,16 @@ inline BatchNormSumBackward prepare_batch_norm_sum_backward(
   args.grad_weights = weights_need_grad ? at::zeros({static_cast<int64_t>(ys.size())},
                                                     weights.options())
                                         : at::empty({0}, weights.options());
+  args.shuffle.groups = groups;
+  if (rest_need_grad) {
+    std::vector<int64_t> rest_shape = ys[0].sizes().vec();
+    rest_shape[1] *= groups - 1;
+    args.grad_rest = at::empty(rest_shape, ys[0].options().memory_format(layout));
+    args.shuffle.rest_outer = rest_shape[1] * args.geo.inner;
+    args.shuffle.rest_channel = args.geo.inner;
+  } else {
+    args.grad_rest = at::empty({0}, ys[0].options());
+  }
   args.grad = grad.contiguous(layout);
   args.ys = in_layout(ys, layout);
   args.mean = mean.to(acc).contiguous();

@@ -20,21 +20,25 @@ TORCH_LIBRARY(darts_fast, m) {
       "bool weights_need_grad) -> (Tensor[], Tensor)");
 
   // The weighted sum with each candidate's final affine-free BatchNorm folded in:
-  // out = sum_k weights[k] * (ys[k] - mean[k, c]) * invstd[k, c] over 4-D ys. Rows k with
+  // sum = sum_k weights[k] * (ys[k] - mean[k, c]) * invstd[k, c] over 4-D ys. Rows k with
   // batch_stats[k] take the per-channel batch statistics of ys[k] (computed here; their rows of
   // mean and invstd are ignored), the others the given ones (eval mode, identity: 0 and 1).
+  // out = sum, or with rest (PC-DARTS, groups >= 2): sum (C channels) concatenated with rest
+  // ((groups - 1) * C channels) and channel-shuffled in groups of `groups`, written in place.
   // Returns (out, the mean and invstd used, the biased batch variance of the batch rows (zero
   // elsewhere)); mean, invstd and var are [K, C] in float (double for double ys).
   m.def(
       "batch_norm_weighted_sum(Tensor[] ys, Tensor weights, Tensor mean, Tensor invstd, "
-      "bool[] batch_stats, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool[] batch_stats, float eps, Tensor? rest=None, int groups=1) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
   // Returns (grads of the ys whose flag is set, in order, including the BatchNorm backward of
-  // the batch rows; grad of weights, or an empty tensor when weights_need_grad is false). mean
-  // and invstd are those the forward returned.
+  // the batch rows; grad of weights, or an empty tensor when weights_need_grad is false; grad
+  // of rest, or an empty tensor when rest_need_grad is false). mean and invstd are those the
+  // forward returned; grad has the output's shape.
   m.def(
       "batch_norm_weighted_sum_backward(Tensor grad, Tensor[] ys, Tensor weights, Tensor mean, "
-      "Tensor invstd, bool[] batch_stats, bool[] ys_need_grad, bool weights_need_grad) -> "
-      "(Tensor[], Tensor)");
+      "Tensor invstd, bool[] batch_stats, bool[] ys_need_grad, bool weights_need_grad, "
+      "int groups=1, bool rest_need_grad=False) -> (Tensor[], Tensor, Tensor)");
 
   // sqrt(sum_i sum(tensors[i]^2)) as a 0-dim tensor, computed on the tensors' device.
   m.def("multi_tensor_norm(Tensor[] tensors) -> Tensor");

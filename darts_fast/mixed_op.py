@@ -50,42 +50,68 @@ class MixedOp(nn.Module):
         if not computed:
             raise ValueError("MixedOp: primitives must name at least one operation besides 'none'")
         self._computed = computed
-        self._from_relu = [hasattr(self._ops[k], "forward_from_relu") for k in computed]
         contiguous = computed == list(range(computed[0], computed[-1] + 1))
         self._weight_index = slice(computed[0], computed[-1] + 1) if contiguous else computed
-        self._folds = [_fold_kind(self._ops[k]) for k in computed]
+        # Per candidate k: whether it starts from relu(x), how its BatchNorm folds.
+        self._from_relu = [hasattr(op, "forward_from_relu") for op in self._ops]
+        self._folds = [_fold_kind(op) for op in self._ops]
 
     def forward(self, x, weights):
+        self._check_weights(weights)
+        return self._run(self._mix, x, weights[self._weight_index], self._computed)
+
+    def forward_gdas(self, x, weights, index):
+        r"""GDAS' edge: only the sampled candidate is computed, ``weights[index] * op_index(x)``
+        (through the fused op with K=1). With GDAS' straight-through hard weights
+        (one-hot + probs - probs.detach()) every alpha still gets its gradient through
+        ``weights[index]``. ``index``: a Python int (the candidate to run is chosen on the host)."""
+        self._check_weights(weights)
+        if not isinstance(index, int) or not 0 <= index < len(self._ops):
+            raise ValueError(f"MixedOp.forward_gdas: index must be an int in [0, "
+                             f"{len(self._ops)}), got {index!r}")
+        if index not in self._computed:  # 'none': a zero output, and zero gradients
+            return self._ops[index](x) * weights[index]
+        return self._run(self._mix, x, weights[index:index + 1], [index])
+
+    def _check_weights(self, weights):
         if weights.dim() != 1 or weights.shape[0] != len(self._ops):
             raise ValueError(
                 f"MixedOp: weights must be 1-D with one entry per candidate operation "
                 f"({len(self._ops)}), got shape {tuple(weights.shape)}"
             )
+
+    def _run(self, mix, *args):
+        """``mix(*args)``, recomputed in the backward pass with ``recompute``."""
         if self.recompute and torch.is_grad_enabled():
             if torch.compiler.is_compiling():
-                return checkpoint(self._mix, x, weights, use_reentrant=False,
-                                  preserve_rng_state=False)
-            return checkpoint(self._mix, x, weights, use_reentrant=False,
-                              preserve_rng_state=False, context_fn=self._recompute_contexts)
-        return self._mix(x, weights)
+                return checkpoint(mix, *args, use_reentrant=False, preserve_rng_state=False)
+            return checkpoint(mix, *args, use_reentrant=False, preserve_rng_state=False,
+                              context_fn=self._recompute_contexts)
+        return mix(*args)
 
     def _recompute_contexts(self):
         return contextlib.nullcontext(), _RunningStatsCopied(self)
 
-    def _mix(self, x, weights):
-        relu_x = F.relu(x) if any(self._from_relu) else None
-        if self.fold_batch_norm and any(self._folds):
-            return self._mix_folded(x, relu_x, weights[self._weight_index])
-        outs = [
-            self._ops[k].forward_from_relu(relu_x) if from_relu else self._ops[k](x)
-            for k, from_relu in zip(self._computed, self._from_relu)
-        ]
-        return weighted_sum(outs, weights[self._weight_index])
+    def _mix(self, x, weights, ks, rest=None, groups=1):
+        """``sum_j weights[j] * op_ks[j](x)``; with ``rest`` (PC-DARTS), that sum concatenated
+        with ``rest`` and shuffled in ``groups`` groups, in the same kernel."""
+        relu_x = F.relu(x) if any(self._from_relu[k] for k in ks) else None
+        if self.fold_batch_norm and any(self._folds[k] for k in ks):
+            return self._mix_folded(x, relu_x, weights, ks, rest, groups)
+        outs = [self._ops[k].forward_from_relu(relu_x) if self._from_relu[k] else self._ops[k](x)
+                for k in ks]
+        if rest is None:
+            return weighted_sum(outs, weights)
+        # Unnormalised candidates: batch_norm_weighted_sum with statistics 0 and 1, which is
+        # exactly the weighted sum (x - 0) * 1.
+        fixed = [False] * len(outs)
+        mean, invstd = _fixed_statistics([None] * len(outs), fixed, outs[0], 0.0)
+        return batch_norm_weighted_sum(outs, weights, mean, invstd, fixed, 0.0, rest, groups)[0]
 
-    def _mix_folded(self, x, relu_x, weights):
+    def _mix_folded(self, x, relu_x, weights, ks, rest, groups):
         ys, bns = [], []
-        for k, fold, from_relu in zip(self._computed, self._folds, self._from_relu):
-            op = self._ops[k]
+        for k in ks:
+            op, fold = self._ops[k], self._folds[k]
             if fold == _RELU_FEATURES:
                 ys.append(op.features_from_relu(relu_x))
                 bns.append(op.final_batch_norm)
@@ -97,7 +123,7 @@ class MixedOp(nn.Module):
                 ys.append(y)
                 bns.append(op[-1])
             else:
-                ys.append(op.forward_from_relu(relu_x) if from_relu else op(x))
+                ys.append(op.forward_from_relu(relu_x) if self._from_relu[k] else op(x))
                 bns.append(None)
         eps = next(bn.eps for bn in bns if bn is not None)
         if any(bn is not None and bn.eps != eps for bn in bns):
@@ -107,7 +133,8 @@ class MixedOp(nn.Module):
         if any(batch_stats):
             _check_batch_size(ys[0])
         mean, invstd = _fixed_statistics(bns, batch_stats, ys[0], eps)
-        out, mean, _, var = batch_norm_weighted_sum(ys, weights, mean, invstd, batch_stats, eps)
+        out, mean, _, var = batch_norm_weighted_sum(ys, weights, mean, invstd, batch_stats, eps,
+                                                    rest, groups)
         updated = [k for k, bn in enumerate(bns)
                    if batch_stats[k] and bn.training and bn.track_running_stats]
         if updated:

@@ -19,21 +19,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import max_pool
 from .genotypes import PRIMITIVES
+from .kernels import dense_layout
 from .mixed_op import MixedOp
 from .search_model import Network
-
-
-def channel_shuffle(x, groups):
-    """Channel c of group g moves to position c * groups + g (the authors' view-transpose-view)."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
 class PartialChannelMixedOp(MixedOp):
     """The PC-DARTS mixed op: ``MixedOp(C // k, stride)`` on the first ``C // k`` channels (its
     candidates hold ``C // k`` channels, under the authors' names ``_ops.*``; ``mp`` pools the
-    others at stride 2)."""
+    others at stride 2). The weighted sum, the concatenation and the shuffle are one kernel
+    (``batch_norm_weighted_sum`` with ``rest`` and ``groups``): the sum is written straight into
+    its shuffled channels, the other channels copied into theirs; no concatenated or shuffled
+    intermediate."""
 
     def __init__(self, C, stride, k=4, primitives=PRIMITIVES, recompute=False,
                  fold_batch_norm=True):
@@ -43,14 +42,23 @@ class PartialChannelMixedOp(MixedOp):
         super().__init__(C // k, stride, primitives, recompute, fold_batch_norm)
         self.mp = nn.MaxPool2d(2, 2)
         self.k = k
+        self.stride = stride
 
     def forward(self, x, weights):
+        if self.k == 1:  # every channel goes through the candidates
+            return super().forward(x, weights)
+        self._check_weights(weights)
+        if x.dim() != 4 or x.shape[1] % self.k:
+            raise ValueError(f"PartialChannelMixedOp: x must be 4-D with a multiple of k="
+                             f"{self.k} channels, got shape {tuple(x.shape)}")
         part = x.shape[1] // self.k
-        mixed = super().forward(x[:, :part], weights)
-        rest = x[:, part:]
-        if mixed.shape[2] != x.shape[2]:  # a reduction edge
-            rest = self.mp(rest)
-        return channel_shuffle(torch.cat([mixed, rest], dim=1), self.k)
+        # The candidates' channels in one dense copy: the pools and the identity would each copy
+        # the slice. The kernel reads the other channels in place, a slice of x or, at stride 2,
+        # of x pooled whole (a pool would copy their slice first; pooling is per channel).
+        x_part = x[:, :part].contiguous(memory_format=dense_layout(x))
+        rest = max_pool.max_pool2d(self.mp, x)[:, part:] if self.stride == 2 else x[:, part:]
+        return self._run(self._mix, x_part, weights[self._weight_index], self._computed, rest,
+                         self.k)
 
 
 class PCNetwork(Network):

@@ -1,6 +1,7 @@
 """batch_norm_weighted_sum, the weighted sum with the candidates' final BatchNorm folded in,
 against nn.functional.batch_norm followed by the weighted sum (float64 and float32), gradcheck,
-opcheck, and what bad input gets."""
+opcheck, and what bad input gets; with ``rest`` and ``groups``, against PC-DARTS' concatenation
+and view-transpose-view shuffle of the result."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,122 @@ def test_bad_input_is_named(change, message):
     change(args)
     with pytest.raises((RuntimeError, ValueError), match=message):
         kernels.batch_norm_weighted_sum(**args)
+
+
+def authors_shuffle(mixed, rest, groups):
+    """PC-DARTS' concatenation and channel shuffle, as its authors wrote them."""
+    ans = torch.cat([mixed, rest], dim=1)
+    b, c, h, w = ans.shape
+    return ans.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+
+
+def rests(device, dtype, y, groups, layout, kind):
+    """rest (N, (groups - 1) C, H, W) as a dense tensor, as the channel slice of a larger
+    tensor that the mixed op passes (read in place), or as a strided tensor (copied)."""
+    n, c, h, w = y.shape
+    g = torch.Generator().manual_seed(7)
+    if kind == "slice":
+        whole = torch.randn(n, groups * c, h, w, generator=g, dtype=torch.float64)
+        rest = whole.to(device, dtype).contiguous(memory_format=layout)[:, c:]
+    elif kind == "strided":
+        rest = torch.randn(n, (groups - 1) * c, h, 2 * w, generator=g,
+                           dtype=torch.float64).to(device, dtype)[..., ::2]
+    else:
+        rest = torch.randn(n, (groups - 1) * c, h, w, generator=g, dtype=torch.float64)
+        rest = rest.to(device, dtype).contiguous(memory_format=layout)
+    return rest.requires_grad_()
+
+
+@pytest.mark.parametrize("kind", ["dense", "slice", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("groups", [2, 4])
+def test_shuffled_output_matches_cat_and_shuffle(device, dtype, layout, groups, kind):
+    ys, w, mean, var = inputs(device, dtype, layout=layout)
+    rest = rests(device, dtype, ys[0], groups, layout, kind)
+    batch_stats, eps = [True, False, True, True], 1e-5
+    invstd = torch.rsqrt(var + eps)
+    out, used_mean, _, batch_var = kernels.batch_norm_weighted_sum(
+        ys, w, mean, invstd, batch_stats, eps, rest, groups)
+    plain = kernels.batch_norm_weighted_sum(ys, w, mean, invstd, batch_stats, eps)
+    ref = authors_shuffle(expected(ys, w, mean, var, batch_stats, eps)[0], rest, groups)
+    tol = TOLERANCE[dtype]
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=layout)
+    assert rel_err(out, ref) < tol
+    assert torch.equal(out[:, ::groups], plain[0])  # the same sum, only placed elsewhere
+    assert torch.equal(used_mean, plain[1]) and torch.equal(batch_var, plain[3])
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [*ys, w, rest], g)
+    want = torch.autograd.grad(ref, [*ys, w, rest], g)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < tol
+    assert torch.equal(got[-1], want[-1])  # the rest's gradient is a copy of grad's channels
+
+
+def test_shuffled_gradcheck_and_gradgradcheck():
+    ys, w, mean, var = inputs("cpu", torch.float64, K=3, shape=(2, 3, 3, 2),
+                              layout=torch.channels_last)
+    rest = rests("cpu", torch.float64, ys[0], 3, torch.channels_last, "slice")
+    invstd = torch.rsqrt(var + 1e-3)
+
+    def fn(*args):
+        return kernels.batch_norm_weighted_sum(args[:3], args[3], mean, invstd,
+                                               [True, False, True], 1e-3, args[4], 3)[0]
+
+    assert torch.autograd.gradcheck(fn, (*ys, w, rest))
+    assert torch.autograd.gradgradcheck(fn, (*ys, w, rest))
+
+
+def test_shuffled_gradient_of_the_rest_alone():
+    """Only rest needs a gradient: the ys' and weights' backward does not run."""
+    ys, w, mean, var = inputs("cpu", torch.float64)
+    rest = rests("cpu", torch.float64, ys[0], 4, torch.contiguous_format, "dense")
+    out = kernels.batch_norm_weighted_sum([y.detach() for y in ys], w.detach(), mean,
+                                          torch.rsqrt(var + 1e-5), [True] * 4, 1e-5, rest, 4)[0]
+    g = torch.randn_like(out)
+    (grad_rest,) = torch.autograd.grad(out, rest, g)
+    assert torch.equal(grad_rest, g.view(3, 5, 4, 4, 6)[:, :, 1:].transpose(1, 2)
+                       .reshape(rest.shape))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_shuffled_opcheck(layout):
+    ys, w, mean, var = inputs("cpu", torch.float32, layout=layout)
+    rest = rests("cpu", torch.float32, ys[0], 4, layout, "slice")
+    args = (ys, w, mean.float(), torch.rsqrt(var + 1e-5).float(), [True, False, True, False], 1e-5,
+            rest, 4)
+    torch.library.opcheck(torch.ops.darts_fast.batch_norm_weighted_sum.default, args)
+    stats = kernels.batch_norm_weighted_sum(*args)[1:3]
+    g = torch.randn(3, 20, 4, 6).contiguous(memory_format=layout)
+    torch.library.opcheck(torch.ops.darts_fast.batch_norm_weighted_sum_backward.default,
+                          (g, [y.detach() for y in ys], w.detach(), *stats, args[4],
+                           [True, False, True, True], True, 4, True))
+
+
+def test_shuffled_empty_batch():
+    ys = [torch.zeros(0, 3, 4, 4, requires_grad=True) for _ in range(2)]
+    rest = torch.zeros(0, 3, 4, 4, requires_grad=True)
+    w = torch.tensor([0.5, 0.5], requires_grad=True)
+    out = kernels.batch_norm_weighted_sum(ys, w, torch.zeros(2, 3), torch.ones(2, 3),
+                                          [True, True], 1e-5, rest, 2)[0]
+    assert out.shape == (0, 6, 4, 4)
+    grads = torch.autograd.grad(out, [*ys, w, rest], torch.zeros_like(out))
+    assert grads[-1].shape == (0, 3, 4, 4) and torch.equal(grads[-2], torch.zeros(2))
+
+
+@pytest.mark.parametrize("rest,groups,message", [
+    (torch.zeros(3, 14, 4, 6), 4,
+     r"rest must have shape \[N, \(groups - 1\) \* C, H, W\] = \[3, 15, 4, 6\], got \[3, 14"),
+    (torch.zeros(3, 15, 4, 6, dtype=torch.float64), 4, "rest must have the dtype"),
+    (torch.zeros(3, 10, 4, 6), 1, "rest needs groups >= 2"),
+    (None, 3, "groups > 1 needs rest"),
+    (torch.zeros(3, 10, 4, 6), 0, "groups must be >= 1"),
+])
+def test_bad_rest_is_named(rest, groups, message):
+    ys, w, mean, var = inputs("cpu", torch.float32)
+    with pytest.raises(RuntimeError, match=message):
+        kernels.batch_norm_weighted_sum([y.detach() for y in ys], w.detach(), mean.float(),
+                                        var.float(), [True] * 4, 1e-5, rest, groups)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -18,15 +18,22 @@ ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate
                              arch_weight_decay=1e-3)
 
 
+OPTIONS = [{}, {"fold_batch_norm": False}, {"recompute": True}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["folded", "unfolded", "recompute"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("stride,k", [(1, 4), (2, 4), (1, 2)])
-def test_mixed_op_matches_the_authors(device, dtype, stride, k):
+@pytest.mark.parametrize("stride,k", [(1, 4), (2, 4), (1, 2), (1, 1)])
+def test_mixed_op_matches_the_authors(device, dtype, layout, stride, k, options):
     torch.manual_seed(0)
-    fused = pc_darts.PartialChannelMixedOp(16, stride, k=k).to(device, dtype)
+    fused = pc_darts.PartialChannelMixedOp(16, stride, k=k, **options).to(device, dtype)
     torch.manual_seed(0)
     ref = reference.PartialChannelMixedOp(16, stride, k=k).to(device, dtype)
     assert list(fused.state_dict()) == list(ref.state_dict())
-    x = torch.randn(4, 16, 8, 8, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(4, 16, 8, 8, device=device, dtype=dtype).contiguous(memory_format=layout)
+    x.requires_grad_()
     w = torch.softmax(torch.randn(8, device=device, dtype=dtype), 0).requires_grad_()
     out_f, out_r = fused(x, w), ref(x, w)
     tol = TOLERANCE[dtype]
@@ -37,11 +44,33 @@ def test_mixed_op_matches_the_authors(device, dtype, stride, k):
         assert rel_err(a, b) < tol
     for a, b in zip(fused.buffers(), ref.buffers()):
         assert rel_err(a, b) < tol
+    fused.eval(), ref.eval()
+    assert rel_err(fused(x, w), ref(x, w)) < tol
 
 
-def test_channel_shuffle_places_channels_as_the_authors():
-    x = torch.arange(8.0).view(1, 8, 1, 1)
-    assert pc_darts.channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+def test_mixed_op_double_backward_matches_the_authors():
+    """The exact hypergradient differentiates the op's backward again."""
+    torch.manual_seed(0)
+    fused = pc_darts.PartialChannelMixedOp(8, 2, k=4).double()
+    torch.manual_seed(0)
+    ref = reference.PartialChannelMixedOp(8, 2, k=4).double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(8, dtype=torch.float64), 0).requires_grad_()
+    grads = []
+    for op in (fused, ref):
+        gx, = torch.autograd.grad((op(x, w) ** 2).sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad((gx ** 2).sum(), [x, w]))
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < TOLERANCE[torch.float64]
+
+
+def test_bad_input_is_named():
+    op = pc_darts.PartialChannelMixedOp(8, 1, k=4)
+    with pytest.raises(ValueError, match=r"x must be 4-D with a multiple of k=4 channels, got "
+                                         r"shape \(2, 6, 4, 4\)"):
+        op(torch.randn(2, 6, 4, 4), torch.ones(8))
+    with pytest.raises(ValueError, match="weights must be 1-D with one entry per candidate"):
+        op(torch.randn(2, 8, 4, 4), torch.ones(7))
 
 
 def authors_edge_weights(betas, steps):

@@ -73,16 +73,23 @@ __global__ void stats_kernel(Group<scalar_t> group, ChannelGeometry geo, double 
   }
 }
 
-// out = prior + sum over the group of w_k * yhat_k, in acc_t (prior: the earlier groups' sum,
-// null for the first; it may alias out).
+// Output element f of the shuffled output: prior + sum over the group of w_k * yhat_k, in acc_t
+// (prior: the earlier groups' sum in the weighted sum's geometry, null for the first; it may
+// alias out without a shuffle), or its rest element. The earlier groups run unshuffled.
 template <typename scalar_t, typename acc_t, typename out_t>
-__global__ void forward_kernel(Group<scalar_t> group, ChannelGeometry geo,
-                               const acc_t* __restrict__ w, const acc_t* __restrict__ mean,
-                               const acc_t* __restrict__ invstd, const acc_t* prior, out_t* out) {
-  const int64_t n = geo.numel();
+__global__ void forward_kernel(Group<scalar_t> group, ChannelGeometry geo, Shuffle shuffle,
+                               const scalar_t* __restrict__ rest, const acc_t* __restrict__ w,
+                               const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
+                               const acc_t* prior, out_t* out) {
+  const int64_t n = shuffle.numel(geo);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += stride) {
+  for (int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; f < n;
+       f += stride) {
+    int64_t e = 0, r = 0;
+    if (!shuffle.locate(geo, f, &e, &r)) {
+      out[f] = static_cast<out_t>(rest[r]);
+      continue;
+    }
     const int64_t c = e / geo.inner % geo.C;
     acc_t acc = prior ? prior[e] : acc_t(0);
 #pragma unroll
@@ -93,14 +100,14 @@ __global__ void forward_kernel(Group<scalar_t> group, ChannelGeometry geo,
                                   mean[kc], invstd[kc]);
       }
     }
-    out[e] = static_cast<out_t>(acc);
+    out[f] = static_cast<out_t>(acc);
   }
 }
 
 // One block per (channel c = blockIdx.x): sums[j * C + c] = S_k of member j (those with y set),
-// and, when with_grad_sum, sums[K * C + c] = S_g.
+// and, when with_grad_sum, sums[K * C + c] = S_g; g is the (shuffled) output's gradient.
 template <typename scalar_t, typename acc_t>
-__global__ void sums_kernel(Group<scalar_t> group, ChannelGeometry geo,
+__global__ void sums_kernel(Group<scalar_t> group, ChannelGeometry geo, Shuffle shuffle,
                             const scalar_t* __restrict__ g, const acc_t* __restrict__ mean,
                             const acc_t* __restrict__ invstd, bool with_grad_sum, int64_t K,
                             acc_t* __restrict__ sums) {
@@ -109,7 +116,7 @@ __global__ void sums_kernel(Group<scalar_t> group, ChannelGeometry geo,
   if (with_grad_sum) {
     acc_t s = acc_t(0);
     for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
-      s += static_cast<acc_t>(g[channel_element(geo, c, e)]);
+      s += static_cast<acc_t>(g[shuffle.sum_to_output(geo, channel_element(geo, c, e))]);
     }
     s = block_sum(s, shared);
     if (threadIdx.x == 0) sums[K * geo.C + c] = s;
@@ -121,25 +128,34 @@ __global__ void sums_kernel(Group<scalar_t> group, ChannelGeometry geo,
     acc_t s = acc_t(0);
     for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
       const int64_t i = channel_element(geo, c, e);
-      s += static_cast<acc_t>(g[i]) * normalized(static_cast<acc_t>(group.y[j][i]), m, r);
+      s += static_cast<acc_t>(g[shuffle.sum_to_output(geo, i)]) *
+           normalized(static_cast<acc_t>(group.y[j][i]), m, r);
     }
     s = block_sum(s, shared);
     if (threadIdx.x == 0) sums[kc] = s;
   }
 }
 
+// Over the elements f of the (shuffled) output gradient g: the group's input gradients, and the
+// rest's gradient where grad_rest is set (the first group's launch).
 template <typename scalar_t, typename acc_t>
-__global__ void input_grad_kernel(Group<scalar_t> group, ChannelGeometry geo,
+__global__ void input_grad_kernel(Group<scalar_t> group, ChannelGeometry geo, Shuffle shuffle,
                                   const scalar_t* __restrict__ g, const acc_t* __restrict__ w,
                                   const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
-                                  const acc_t* __restrict__ sums, int64_t K) {
-  const int64_t n = geo.numel();
+                                  const acc_t* __restrict__ sums, int64_t K,
+                                  scalar_t* __restrict__ grad_rest) {
+  const int64_t n = shuffle.numel(geo);
   const acc_t count = static_cast<acc_t>(geo.count());
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += stride) {
+  for (int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; f < n;
+       f += stride) {
+    int64_t e = 0, r = 0;
+    if (!shuffle.locate(geo, f, &e, &r)) {
+      if (grad_rest) grad_rest[r] = g[f];
+      continue;
+    }
     const int64_t c = e / geo.inner % geo.C;
-    const acc_t ge = static_cast<acc_t>(g[e]);
+    const acc_t ge = static_cast<acc_t>(g[f]);
     const acc_t mean_g = sums[K * geo.C + c] / count;
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
@@ -174,11 +190,13 @@ std::vector<Group<scalar_t>> groups_of(const std::vector<int>& ks) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_sum_cuda(
     at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
-    const at::Tensor& invstd, const c10::List<bool>& batch_stats, double eps) {
+    const at::Tensor& invstd, const c10::List<bool>& batch_stats, double eps,
+    const std::optional<at::Tensor>& rest, int64_t groups) {
   BatchNormSumForward args = prepare_batch_norm_sum(ys, weights, mean, invstd, batch_stats,
-                                                    c10::DeviceType::CUDA);
+                                                    rest, groups, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(args.out.device());
   const ChannelGeometry geo = args.geo;
+  const Shuffle shuffle = args.shuffle;
   const int64_t n = geo.numel();
   if (n == 0) return {args.out, args.mean, args.invstd, args.var};
   const int K = static_cast<int>(ys.size());
@@ -201,11 +219,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
           group, geo, eps, mean_p, invstd_p, args.var.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    // The running sum between groups, in acc_t: the output itself when it already is acc_t.
+    // The running sum between groups, in acc_t: the output itself when it already is acc_t and
+    // unshuffled.
     acc_t* running = nullptr;
     at::Tensor running_sum;
     if (K > kGroup) {
-      running_sum = args.out.scalar_type() == args.mean.scalar_type()
+      running_sum = args.out.scalar_type() == args.mean.scalar_type() && shuffle.groups == 1
                         ? args.out
                         : at::empty({n}, args.mean.options());
       running = running_sum.mutable_data_ptr<acc_t>();
@@ -219,11 +238,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
       }
       const acc_t* prior = index > 0 ? running : nullptr;
       if (index + 1 == groups.size()) {
-        forward_kernel<scalar_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-            group, geo, w, mean_p, invstd_p, prior, args.out.mutable_data_ptr<scalar_t>());
+        const scalar_t* rest_p =
+            args.rest.defined() ? args.rest.const_data_ptr<scalar_t>() : nullptr;
+        forward_kernel<scalar_t, acc_t, scalar_t>
+            <<<blocks_for(shuffle.numel(geo)), kThreads, 0, stream>>>(
+                group, geo, shuffle, rest_p, w, mean_p, invstd_p, prior,
+                args.out.mutable_data_ptr<scalar_t>());
       } else {
         forward_kernel<scalar_t, acc_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-            group, geo, w, mean_p, invstd_p, prior, running);
+            group, geo, Shuffle{}, nullptr, w, mean_p, invstd_p, prior, running);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -231,18 +254,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
   return {args.out, args.mean, args.invstd, args.var};
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_weighted_sum_backward_cuda(
-    const at::Tensor& grad, at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
-    const at::Tensor& invstd, const c10::List<bool>& batch_stats,
-    const c10::List<bool>& ys_need_grad, bool weights_need_grad) {
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>
+batch_norm_weighted_sum_backward_cuda(const at::Tensor& grad, at::TensorList ys,
+                                      const at::Tensor& weights, const at::Tensor& mean,
+                                      const at::Tensor& invstd, const c10::List<bool>& batch_stats,
+                                      const c10::List<bool>& ys_need_grad, bool weights_need_grad,
+                                      int64_t groups, bool rest_need_grad) {
   BatchNormSumBackward args = prepare_batch_norm_sum_backward(
-      grad, ys, weights, mean, invstd, batch_stats, ys_need_grad, weights_need_grad,
-      c10::DeviceType::CUDA);
+      grad, ys, weights, mean, invstd, batch_stats, ys_need_grad, weights_need_grad, groups,
+      rest_need_grad, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   const ChannelGeometry geo = args.geo;
+  const Shuffle shuffle = args.shuffle;
   const int64_t n = geo.numel();
-  if (n == 0 || (args.grad_ys.empty() && !weights_need_grad)) {
-    return {args.grad_ys, args.grad_weights};
+  if (n == 0 || (args.grad_ys.empty() && !weights_need_grad && !rest_need_grad)) {
+    return {args.grad_ys, args.grad_weights, args.grad_rest};
   }
   const int K = static_cast<int>(ys.size());
   std::vector<int> all(K);
@@ -264,15 +290,21 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_weighted_sum_backward
         group.y[j] = need ? args.ys[k].const_data_ptr<scalar_t>() : nullptr;
       }
       sums_kernel<scalar_t, acc_t><<<geo.C, kThreads, 0, stream>>>(
-          group, geo, g, mean_p, invstd_p, index == 0, K, sums.mutable_data_ptr<acc_t>());
+          group, geo, shuffle, g, mean_p, invstd_p, index == 0, K,
+          sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (weights_need_grad) {
       args.grad_weights = sums.narrow(0, 0, K).to(at::kDouble).sum(1).to(weights.scalar_type());
     }
     int next_grad = 0;
-    for (auto group : groups) {
-      bool any = false;
+    for (size_t index = 0; index < groups.size(); ++index) {
+      auto group = groups[index];
+      // The first launch also copies the rest's gradient.
+      scalar_t* grad_rest = index == 0 && rest_need_grad
+                                ? args.grad_rest.mutable_data_ptr<scalar_t>()
+                                : nullptr;
+      bool any = grad_rest != nullptr;
       for (int j = 0; j < group.count; ++j) {
         const int k = group.k[j];
         group.y[j] = args.ys[k].const_data_ptr<scalar_t>();
@@ -283,13 +315,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_weighted_sum_backward
         any = any || group.grad_y[j];
       }
       if (!any) continue;
-      input_grad_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          group, geo, g, args.weights.const_data_ptr<acc_t>(), mean_p, invstd_p,
-          sums.const_data_ptr<acc_t>(), K);
+      input_grad_kernel<scalar_t, acc_t><<<blocks_for(shuffle.numel(geo)), kThreads, 0, stream>>>(
+          group, geo, shuffle, g, args.weights.const_data_ptr<acc_t>(), mean_p, invstd_p,
+          sums.const_data_ptr<acc_t>(), K, grad_rest);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {args.grad_ys, args.grad_weights};
+  return {args.grad_ys, args.grad_weights, args.grad_rest};
 }
 
 }  // namespace
