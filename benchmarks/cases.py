@@ -85,10 +85,16 @@ def search_step(impl, device, unrolled, batch=None, config=None):
             optimizer.step()
             return loss
 
+    return synchronized(body, device)
+
+
+def synchronized(body, device):
+    """``body`` with the device synchronised after it, so that a timer around a call measures
+    its kernels."""
     def step():
-        loss = body()
+        result = body()
         synchronize(device)
-        return loss
+        return result
 
     return step
 
@@ -96,6 +102,55 @@ def search_step(impl, device, unrolled, batch=None, config=None):
 # Untimed calls before a step is timed: compilation, cuDNN's choices; the graph's warm-up steps
 # and its capture.
 STEP_WARMUP = {"fused_graph": 4}
+
+
+GDAS_STEP_IMPLS = ["reference", "fused"]
+# GDAS' weight optimizer (its authors' configuration): Nesterov SGD, weight decay 5e-4.
+GDAS_ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=5e-4, arch_learning_rate=3e-4,
+                                  arch_weight_decay=1e-3)
+
+
+def gdas_search_step(impl, device, batch=None, config=None):
+    """One GDAS search step (the weight step, then the first-order architecture step on the
+    validation batch), on the search-step cases' network and batch: the authors' formulation
+    ('reference': reference.GDASNetwork, its edges running ``op(x) * w[index]`` and reading their
+    indices on the host one by one, then the authors' loop body) or darts_fast's
+    (``GDASNetwork`` on the fused op, one host read per forward pass, ``SearchStep`` with
+    ``weights_first=True``; eager: the host read rules out a CUDA graph). The same seed gives
+    both the same candidates, step by step, so a round times the same sampled networks."""
+    config = dict(config or STEP_CONFIG[torch.device(device).type])
+    batch = batch or config["batch"]
+    torch.manual_seed(0)
+    fused = impl == "fused"
+    network = darts_fast.GDASNetwork if fused else reference.GDASNetwork
+    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss()).to(device)
+    # Sampled networks meet convolutions they have not run yet for many steps: cuDNN's autotuning
+    # would be timed with them. The authors' search turns it off too.
+    torch.backends.cudnn.benchmark = False
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=GDAS_ARGS.momentum,
+                                weight_decay=GDAS_ARGS.weight_decay, nesterov=True)
+    architect = (darts_fast.Architect if fused else reference.Architect)(model, GDAS_ARGS)
+    g = torch.Generator().manual_seed(1)
+    size = config.get("image", 32)
+    x, xv = (torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
+    y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+    if fused:
+        search = SearchStep(model, architect, optimizer, grad_clip=5, unrolled=False,
+                            weights_first=True)
+
+        def body():
+            return search(x, y, xv, yv, ETA)[0]
+    else:
+        def body():
+            optimizer.zero_grad()
+            loss = model._loss(x, y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5)
+            optimizer.step()
+            architect.step(x, y, xv, yv, ETA, optimizer, False)
+            return loss
+
+    return synchronized(body, device)
 
 
 MIXED_OP_IMPLS = ["reference", "compiled_reference", "fused_unfolded", "fused"]

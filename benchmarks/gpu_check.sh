@@ -4,21 +4,22 @@
 # CUDA from the command line (captured step, and twice with --deterministic: the alphas must have
 # the same bits), write the CUDA section of benchmarks/RESULTS.md, and time the step through the
 # distributed code path on one GPU (NCCL, world size 1) against the plain step, then search from
-# the command line under torchrun. Sized for one H200 with 16
-# cores: each stage has its own time limit (560 s in all), a failed stage does not stop the
-# others, and --stages reruns only some. Logs and JSON go to the output folder (8 files at most);
-# a short table is printed last.
+# the command line under torchrun, and time PC-DARTS and GDAS against their authors' code. Sized
+# for one H200 with 16 cores: each stage has its own time limit (580 s in all), a failed stage
+# does not stop the others, and --stages reruns only some. Logs and JSON go to the output folder
+# (9 files at most); a short table is printed last.
 #
-#   bash benchmarks/gpu_check.sh [--out DIR] [--stages build,tests,report,sanitizer,cli,distributed]
+#   bash benchmarks/gpu_check.sh [--out DIR]
+#        [--stages build,tests,report,sanitizer,cli,distributed,family]
 #
 # DIR defaults to $OUT, else ./gpu_check_out. Run from anywhere; python3 must be the Python whose
 # torch has CUDA (override with PYTHON=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 out=${OUT:-gpu_check_out}
-stages=build,tests,sanitizer,cli,report,distributed
+stages=build,tests,sanitizer,cli,report,distributed,family
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
@@ -30,9 +31,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${stages//,/ }; do
-  case "$s" in build|tests|sanitizer|cli|report|distributed) ;;
+  case "$s" in build|tests|sanitizer|cli|report|distributed|family) ;;
     *) echo "gpu_check.sh: unknown stage '$s' (stages: build,tests,sanitizer,cli,report," \
-            "distributed)" >&2
+            "distributed,family)" >&2
        exit 2 ;;
   esac
 done
@@ -108,7 +109,7 @@ sanitizer() {
     if [ "$tool" = memcheck ]; then k="cuda and not compile and not opcheck"
     else
       k="cuda and (matches_python_sum or rounded_once or test_norm or revert"
-      k+=" or matches_batch_norm)"
+      k+=" or matches_batch_norm or shuffled_output)"
     fi
     compute-sanitizer --tool "$tool" --error-exitcode 99 \
       "$python" -m pytest -q -x -p no:cacheprovider $selection -k "$k" --benchmark-disable \
@@ -173,15 +174,24 @@ distributed() {
     --device cuda --run_dir /tmp/gpu_check_torchrun
 }
 
-export -f build cuda_tests sanitizer cli report distributed
+# PC-DARTS' mixed op and first-order step and GDAS' step against their authors' code, once each
+# (every case a fresh process); the whole family with more repetitions: --stages family alone.
+family() {
+  "$python" benchmarks/family.py --device cuda --repeats 1 --rounds 5 \
+    --cases pc_mixed_op_stride1 pc_step_first gdas_step >"$out/family.txt" 2>&1 &&
+  cp benchmarks/RESULTS.md "$out/RESULTS.md"
+}
+
+export -f build cuda_tests sanitizer cli report distributed family
 export out python
 # The figures first; the limits add up to 580 s, inside a 10-minute call.
-wants build && stage build 110 build
-wants tests && stage tests 110 cuda_tests
-wants report && stage report 190 report
-wants sanitizer && stage sanitizer 60 sanitizer
+wants build && stage build 100 build
+wants tests && stage tests 100 cuda_tests
+wants report && stage report 170 report
+wants sanitizer && stage sanitizer 50 sanitizer
 wants cli && stage cli 50 cli
-wants distributed && stage distributed 60 distributed
+wants distributed && stage distributed 50 distributed
+wants family && stage family 60 family
 
 {
   echo
@@ -192,6 +202,7 @@ wants distributed && stage distributed 60 distributed
   [ -f "$out/sanitizer.txt" ] && sed 's/^/  sanitizer /' "$out/sanitizer.txt"
   [ -f "$out/cli.txt" ] && tail -1 "$out/cli.txt" | sed 's/^/  cli /'
   [ -f "$out/distributed.txt" ] && grep '^| ' "$out/distributed.txt" | sed 's/^/  /'
+  [ -f "$out/family.txt" ] && grep '^| .*: ' "$out/family.txt" | sed 's/^/  /'
   [ -f "$out/report-cuda.md" ] && sed -n '/^Targets/,/^$/p;/^| target/,/^$/p' \
     "$out/report-cuda.md" | head -20
 } | tee -a "$log"

@@ -47,30 +47,40 @@ def child(spec):
 
 
 def _measure_step(spec, device):
-    from cases import STEP_WARMUP, search_step
+    from cases import STEP_WARMUP, gdas_search_step, search_step
 
-    step = search_step(spec["impl"], device, spec["unrolled"], batch=spec.get("batch"))
+    if spec.get("method") == "gdas":
+        step = gdas_search_step(spec["impl"], device, batch=spec.get("batch"))
+    else:
+        step = search_step(spec["impl"], device, spec["unrolled"], batch=spec.get("batch"))
     for _ in range(STEP_WARMUP.get(spec["impl"], 0)):
         step()
-    # The baseline is the set-up model, before any step: the peak then covers everything the
-    # steps need (activations, optimizer state, the architect's copies) and glibc's reuse of
-    # freed memory cannot hide part of it.
+    print(json.dumps(timed_peak(step, device, spec.get("repeats", 2))))
+
+
+def timed_peak(run, device, repeats):
+    """One warm-up call of ``run`` (which synchronises the device itself), then ``repeats``
+    timed ones: their median time and the peak memory above that before the warm-up call. That
+    baseline is the set-up case (the model, the inputs): the peak then covers everything the
+    calls need (activations, optimizer state, the architect's copies), and glibc's reuse of
+    freed memory cannot hide part of it. On the CPU: the process's peak resident size (run each
+    case in a fresh process)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
         base = _rss_mb()
-    step()  # warm-up
+    run()
     times = []
-    for _ in range(spec.get("repeats", 2)):
+    for _ in range(repeats):
         t = time.perf_counter()
-        step()
+        run()
         times.append(time.perf_counter() - t)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
-    else:  # the process's peak resident size above its size before the first step
+    else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    print(json.dumps({"seconds": statistics.median(times), "peak_mb": peak}))
+    return {"seconds": statistics.median(times), "peak_mb": peak}
 
 
 def run_child(spec):
@@ -144,17 +154,20 @@ def table(benchmarks, bandwidth, memory):
 
 
 def step_memory(benchmarks, device):
-    """Peak memory of each search-step case: on CUDA as the benchmark measured it (max allocated
-    over the case, model included); on the CPU the peak RSS of a fresh process running it."""
+    """Peak memory of each search-step case (GDAS' too): on CUDA as the benchmark measured it
+    (max allocated over the case, model included); on the CPU the peak RSS of a fresh process
+    running it."""
     memory = {}
     for b in benchmarks:
-        if not b["name"].startswith("test_search_step"):
+        gdas = b["name"].startswith("test_gdas_search_step")
+        if not (gdas or b["name"].startswith("test_search_step")):
             continue
         if device.type == "cuda":
             memory[(b["group"], impl_of(b))] = b["extra_info"].get("peak_memory_mb")
         else:
-            spec = {"impl": impl_of(b), "device": device.type,
-                    "unrolled": b["params"]["order"] == "second"}
+            spec = {"impl": impl_of(b), "device": device.type, "method": "gdas"} if gdas else \
+                {"impl": impl_of(b), "device": device.type,
+                 "unrolled": b["params"]["order"] == "second"}
             memory[(b["group"], impl_of(b))] = run_child(spec)["peak_mb"]
     return memory
 
@@ -270,6 +283,11 @@ def targets_table(records, floor_records, device_type):
             lines.append(f"| {r['scenario']}: deterministic mode, step time vs eager fused | "
                          f"{r['median_s'] / _median_of(steps, r['scenario'], 'fused'):.2f}x "
                          f"| - |")
+    for r in records:
+        if r["scenario"].startswith("GDAS search step") and (r["ours"], r["baseline"]) == \
+                ("fused", "reference"):
+            lines.append(f"| {r['scenario']}: fused vs its authors' formulation | "
+                         f"{r['speedup']:.2f}x | - |")
     for r in floor_records:
         add(f"weighted sum fwd+bwd K={r['K']} {r['shape']}: vs the Python sum",
             r["speedup_over_python_sum"], ">=", 3.0)

@@ -6,6 +6,7 @@ Drop-in use in the original DARTS code: replace ``from model_search import Mixed
 """
 from . import kernels
 from .architect import Architect
+from .gdas import GDASNetwork
 from .genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
 from .mixed_op import MixedOp
 from .pc_darts import PartialChannelMixedOp, PCNetwork
@@ -14,8 +15,8 @@ from .search_step import SearchStep
 from .sync_batch_norm import SyncBatchNorm2d
 
 __all__ = [
-    "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "Genotype", "MixedOp", "Network",
-    "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "SearchStep", "SyncBatchNorm2d",
+    "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "GDASNetwork", "Genotype", "MixedOp",
+    "Network", "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "SearchStep", "SyncBatchNorm2d",
     "kernels",
 ]
 __version__ = "0.1.0"

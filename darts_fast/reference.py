@@ -6,7 +6,8 @@ network built from it; ``Architect`` is the original architect, which rebuilds t
 product by a central finite difference. Kept faithful on purpose, quirks included (see
 ``Architect``); only deprecated call forms are updated for current PyTorch.
 ``PartialChannelMixedOp`` and ``PCNetwork`` are PC-DARTS' mixed op and network as its authors
-wrote them (yuhuixu1993/PC-DARTS).
+wrote them (yuhuixu1993/PC-DARTS). ``MixedOp.forward_gdas`` and ``GDASNetwork`` are GDAS' edge
+and network on that mixed op, the edge as its authors wrote it (D-X-Y/AutoDL-Projects).
 """
 import functools
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .gdas import GDASNetwork as _GDASNetwork
 from .genotypes import PRIMITIVES
 from .operations import candidate_ops
 from .pc_darts import PCNetwork as _PCNetwork
@@ -27,6 +29,9 @@ class MixedOp(nn.Module):
 
     def forward(self, x, weights):
         return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+    def forward_gdas(self, x, weights, index):
+        return self._ops[index](x) * weights[index]
 
 
 class Network(_Network):
@@ -71,6 +76,42 @@ class PCNetwork(_PCNetwork):
                          k=k, mixed_op=mixed_op or functools.partial(PartialChannelMixedOp, k=k),
                          memory_format=memory_format, **options)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
+
+
+class GDASNetwork(_GDASNetwork):
+    """The GDAS search network on the reference mixed op, in the input's own memory layout, with
+    the adaptive global pooling; sampled as the authors sample (normal, then reduction: a loop
+    that draws until the noise and the probabilities are finite, each check a host read), each
+    edge of each cell reading its index on the host by itself."""
+
+    def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
+                 stem_multiplier=3, mixed_op=MixedOp, memory_format=None, **options):
+        super().__init__(C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
+                         mixed_op=mixed_op, memory_format=memory_format, **options)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+
+    def sample(self):
+        return tuple(self._gumbel_prob(a) for a in (self.alphas_normal, self.alphas_reduce))
+
+    def _gumbel_prob(self, alphas):
+        while True:
+            gumbels = -torch.empty_like(alphas).exponential_().log()
+            probs = torch.softmax((alphas.log_softmax(dim=1) + gumbels) / self.tau, dim=1)
+            index = probs.max(-1, keepdim=True)[1]
+            hardwts = torch.zeros_like(probs).scatter_(-1, index, 1.0) - probs.detach() + probs
+            if not (torch.isinf(gumbels).any() or torch.isinf(probs).any()
+                    or torch.isnan(probs).any()):
+                return hardwts, _IndexPerEdge(index)
+
+
+class _IndexPerEdge:
+    """Sampled indices that each edge reads on the host when it runs."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def __getitem__(self, edge):
+        return self.index[edge].item()
 
 
 def _concat(xs):

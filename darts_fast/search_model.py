@@ -35,15 +35,22 @@ class Cell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(mixed_op(C, stride))
 
-    def forward(self, s0, s1, weights, edge_weights=None):
+    def forward(self, s0, s1, weights, edge_weights=None, indices=None):
         """``edge_weights`` (PC-DARTS' edge normalisation): one factor per edge, scaling its mixed
-        op's whole output."""
+        op's whole output. ``indices`` (GDAS): the sampled candidate of each edge (``indices[e]`` a
+        Python int); each edge then computes that candidate alone (``forward_gdas``)."""
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         offset = 0
         for _ in range(self._steps):
-            edges = (self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            if indices is None:
+                edges = (self._ops[offset + j](h, weights[offset + j])
+                         for j, h in enumerate(states))
+            else:
+                edges = (self._ops[offset + j].forward_gdas(h, weights[offset + j],
+                                                            indices[offset + j])
+                         for j, h in enumerate(states))
             if edge_weights is not None:
                 edges = (edge_weights[offset + j] * e for j, e in enumerate(edges))
             s = sum(edges)

@@ -13,7 +13,9 @@ The body of the original ``train_search.py`` loop::
 becomes ``loss, logits = step(input_train, target_train, input_valid, target_valid, lr)`` with
 ``step = SearchStep(model, architect, optimizer, grad_clip=5.0, unrolled=True)``. With
 ``architect=None`` it is the weight step alone (PC-DARTS' first epochs, before the architecture
-steps begin); the validation batch is then not used.
+steps begin); the validation batch is then not used. ``weights_first=True`` takes the weight step
+first and the architecture step after it, on the weights just updated (GDAS' order); the loss and
+logits returned are the weight step's either way.
 
 On a GPU this step is thousands of small kernels (8 cells x 14 edges x up to 8 candidates, five
 passes for second order): launching them takes longer than running them. With ``cuda_graph``
@@ -23,14 +25,16 @@ one CUDA graph and replayed from then on, the inputs copied into its static buff
 the architect as a device tensor, so a new rate needs no new graph; the weight optimizer's rates
 are baked into the captured SGD kernels, so a graph is captured again when a scheduler changes
 them (once an epoch in DARTS). Each captured shape keeps its own memory pool, about one eager
-step's activations. Eager everywhere else (CPU included), with the same numbers.
+step's activations. Eager everywhere else (CPU included), with the same numbers. A model whose
+``capturable`` attribute is False (``darts_fast.GDASNetwork``: its forward pass reads the sampled
+candidates on the host) always runs eagerly.
 
 Nothing inside the step reads a value on the host. A weight step whose loss, gradient or updated
 weights are not finite is undone on the device (weights, BatchNorm statistics and optimizer state
 as they were) and counted in ``skipped_steps``, a 0-dim device tensor; the architect skips and
-counts its own steps the same way (``architect.skipped_steps``). The only exception is the first
-weight step, which creates the optimizer's state: if it is not finite, that state is dropped
-again, which reads the flag once.
+counts its own steps the same way (``architect.skipped_steps``). The only exception is a weight
+step that creates optimizer state (the first; with GDAS, any step that first moves a candidate's
+weights): if it is not finite, the state it created is dropped again, which reads the flag once.
 
 The returned ``loss`` and ``logits`` are detached; in graph mode they are the graph's static
 outputs, overwritten by the next call (consume or copy them before it).
@@ -55,7 +59,7 @@ class CaptureError(RuntimeError):
 
 class SearchStep:
     def __init__(self, model, architect, optimizer, criterion=None, grad_clip=5.0, unrolled=True,
-                 cuda_graph=None, warmup=3):
+                 cuda_graph=None, warmup=3, weights_first=False):
         inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         criterion = criterion if criterion is not None else getattr(inner, "_criterion", None)
         if not callable(criterion):
@@ -67,8 +71,12 @@ class SearchStep:
         if not (isinstance(warmup, int) and warmup >= 1):
             raise ValueError(f"SearchStep: warmup must be an integer >= 1, got {warmup!r}")
         device = next(model.parameters()).device
+        capturable = getattr(inner, "capturable", True)
         if cuda_graph is None:
-            cuda_graph = device.type == "cuda"
+            cuda_graph = device.type == "cuda" and capturable
+        if cuda_graph and not capturable:
+            raise ValueError(f"SearchStep: cuda_graph=True, but {type(inner).__name__} reads the "
+                             f"host in its forward pass, which a CUDA graph cannot capture")
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"SearchStep: cuda_graph=True needs the model on a CUDA device, "
                              f"it is on {device}")
@@ -76,7 +84,7 @@ class SearchStep:
         self.process_group = model.process_group \
             if isinstance(model, nn.parallel.DistributedDataParallel) else None
         self.criterion, self.grad_clip, self.unrolled = criterion, grad_clip, unrolled
-        self.cuda_graph, self.warmup = cuda_graph, warmup
+        self.cuda_graph, self.warmup, self.weights_first = cuda_graph, warmup, weights_first
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
         self._saved = None
         self._lr = torch.zeros((), dtype=torch.float64, device=device) if cuda_graph else None
@@ -108,16 +116,21 @@ class SearchStep:
 
     def _step(self, input_train, target_train, input_valid, target_valid, lr):
         self.model.train()
-        if self.architect is not None:
+        arch_step = self.architect is not None
+        if arch_step and not self.weights_first:
             self.architect.step(input_train, target_train, input_valid, target_valid, lr,
                                 self.optimizer, unrolled=self.unrolled)
-        return self._weight_step(input_train, target_train)
+        outputs = self._weight_step(input_train, target_train)
+        if arch_step and self.weights_first:
+            self.architect.step(input_train, target_train, input_valid, target_valid, lr,
+                                self.optimizer, unrolled=self.unrolled)
+        return outputs
 
     def _weight_step(self, x, y):
         model, optimizer = self.model, self.optimizer
         params = self._params()
         buffers = list(model.buffers())
-        creates_state = self._creates_state()
+        stateless = [p for p in params if not optimizer.state.get(p)]
         changed = params + buffers + state_tensors(optimizer, params)
         self._saved = copy_into(self._saved, changed)
         optimizer.zero_grad()
@@ -136,8 +149,8 @@ class SearchStep:
                 self.process_group)
             kernels.multi_tensor_revert_(changed, self._saved, finite)
             self.skipped_steps = count_skip(self.skipped_steps, finite)
-        if creates_state and not bool(finite):  # the one host read: see the module docstring
-            for p in params:
+        if stateless and not bool(finite):  # the one host read: see the module docstring
+            for p in stateless:
                 optimizer.state.pop(p, None)
         return loss.detach(), logits.detach()
 

@@ -156,6 +156,26 @@ def test_train_runs_and_resumes(tmp_path):
     assert final["epochs_done"] == 2 and 0 <= final["test_acc"] <= 100
 
 
+def test_a_run_of_an_earlier_version_resumes(finished_search, tmp_path):
+    """config.json as versions before --nesterov and the gdas temperatures wrote it: the run
+    resumes with the values it ran with and ends as the unbroken run."""
+    parts = tmp_path / "parts"
+    assert run(["search", *TINY, "--epochs", "2", "--run_dir", parts,
+                "--stop_after_epoch", "1"]) == 0
+    config = json.loads((parts / "config.json").read_text())
+    state = state_of(parts)
+    for name in run_dir.ADDED_LATER:
+        del config["options"][name], state["options"][name]
+    (parts / "config.json").write_text(json.dumps(config))
+    with open(parts / "checkpoint.pt", "wb") as f:
+        checkpoint.serialize(state, f)
+    assert run(["search", "--resume", parts]) == 0
+    for a, b in zip(state_of(finished_search)["alphas"], state_of(parts)["alphas"]):
+        assert torch.equal(a, b)
+    # Resumed again: config.json still lacks them, the checkpoint of this version holds them.
+    assert run(["search", "--resume", parts, "--epochs", "3"]) == 0
+
+
 def test_resume_with_more_epochs_continues_the_schedule(finished_search, tmp_path):
     folder = copy_of(finished_search, tmp_path)
     assert run(["search", "--resume", folder, "--epochs", "3", "--no_cuda_graph"]) == 0
@@ -316,6 +336,32 @@ def test_pc_darts_search_on_cifar_files_with_its_authors_schedule(tmp_path, caps
                           fresh.edge_weights(last[2]).float())
 
 
+def test_gdas_search_on_cifar_files(tmp_path, capsys):
+    """--method gdas on CIFAR-10 files: the authors' defaults where not given, the alphas moved,
+    the GDAS genotype rule, the pictures."""
+    from darts_fast import GDASNetwork
+
+    cifar = write_cifar(tmp_path / "cifar", n=8)
+    folder = tmp_path / "run"
+    assert run(["search", "--method", "gdas", "--layers", "3", "--init_channels", "8",
+                "--batch_size", "8", "--device", "cpu", "--data", cifar, "--epochs", "2",
+                "--run_dir", folder]) == 0
+    options = json.loads((folder / "config.json").read_text())["options"]
+    assert (options["learning_rate"], options["weight_decay"], options["nesterov"],
+            options["tau_max"]) == (0.025, 5e-4, True, 10.0)
+    assert "gdas (tau 10 to 0.1, weight step first) search" in capsys.readouterr().err
+    model = GDASNetwork(8, 10, 3, None)
+    alphas = state_of(folder)["alphas"]
+    assert not any(torch.equal(a, b.detach()) for a, b in zip(alphas, model.arch_parameters()))
+    with torch.no_grad():
+        for param, saved in zip(model.arch_parameters(), alphas):
+            param.copy_(saved)
+    assert json.loads((folder / "genotype.json").read_text())["text"] == \
+        genotype_text(model.genotype())
+    for name in ("normal.png", "reduction.png", "alphas.png", "curves.png"):
+        assert (folder / name).stat().st_size > 0
+
+
 def test_missing_and_malformed_data(tmp_path, capsys):
     assert "does not exist" in error_of(["search", *TINY, "--data", tmp_path / "nowhere",
                                          "--run_dir", tmp_path / "r1"], capsys)
@@ -357,7 +403,7 @@ def test_missing_and_malformed_data(tmp_path, capsys):
     (["search", "--partial_channels", "2"], "--partial_channels is a pc-darts option"),
     (["search", "--method", "pc-darts", "--partial_channels", "3"],
      "--partial_channels 3 must divide --init_channels 16"),
-    (["search", "--method", "gdas"], "argument --method: invalid choice: 'gdas'"),
+    (["search", "--method", "enas"], "argument --method: invalid choice: 'enas'"),
     (["train", *TINY, "--genotype", "DARTS", "--auxiliary", "--layers", "1"],
      "needs layers >= 2"),
 ])

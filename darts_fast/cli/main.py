@@ -12,7 +12,7 @@ from ..genotypes import GenotypeError
 from . import search, train
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
 from .ranks import environment_rank, under_torchrun
-from .run_dir import NOT_STORED, RESUMABLE, check_new_folder, read_config
+from .run_dir import ADDED_LATER, NOT_STORED, RESUMABLE, check_new_folder, read_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +38,7 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False, what=Non
 positive_int = _number(int, 1, what="a positive integer")
 non_negative_int = _number(int, 0, what="a non-negative integer")
 non_negative = _number(float, 0.0, what="a finite number >= 0")
+positive = _number(float, 0.0, low_open=True, what="a finite number > 0")
 fraction = _number(float, 0.0, 1.0, high_open=True, what="a number in [0, 1)")
 portion = _number(float, 0.0, 1.0, low_open=True, high_open=True,
                   what="a number strictly between 0 and 1")
@@ -114,12 +115,17 @@ def build_parser():
 
     s = sub.add_parser("search", allow_abbrev=False,
                        help="search a cell architecture (the original train_search.py)")
-    _common_options(s, batch_size=None, epochs=50, init_channels=16, layers=8, seed_default=2)
+    _common_options(s, batch_size=None, epochs=None, init_channels=16, layers=None,
+                    seed_default=2)
     s.add_argument("--method", choices=sorted(search.METHOD_DEFAULTS), default="darts",
-                   help="darts (the original) or pc-darts (partial channels and edge "
-                        "normalisation, its authors' defaults); default %(default)s")
-    s.set_defaults(learning_rate=None)  # the method's default (listed in the epilog)
-    s.add_argument("--learning_rate_min", type=non_negative, default=0.001)
+                   help="darts (the original), pc-darts (partial channels and edge "
+                        "normalisation) or gdas (one Gumbel-sampled candidate per edge), each "
+                        "with its authors' defaults; default %(default)s")
+    # None: the method's default (listed in the epilog).
+    s.set_defaults(learning_rate=None, weight_decay=None)
+    s.add_argument("--learning_rate_min", type=non_negative, default=None)
+    s.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum for the weights")
     s.add_argument("--train_portion", type=portion, default=0.5)
     s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
     s.add_argument("--arch_learning_rate", type=non_negative, default=None)
@@ -128,8 +134,13 @@ def build_parser():
                    help="epochs of weight steps alone before the architecture steps begin")
     s.add_argument("--partial_channels", type=positive_int, default=None, metavar="K",
                    help="pc-darts: the candidates see 1/K of the channels (default 4)")
+    s.add_argument("--tau_max", type=positive, default=None,
+                   help="gdas: the Gumbel-softmax temperature of the first epoch (default 10)")
+    s.add_argument("--tau_min", type=positive, default=None,
+                   help="gdas: the temperature of the last epoch, reached linearly "
+                        "(default 0.1)")
     s.epilog = ("defaults by --method: " + "; ".join(
-        f"{method}: " + ", ".join(f"--{k} {v}" for k, v in values.items())
+        f"{method}: " + ", ".join(_flag(k, v) for k, v in values.items())
         for method, values in sorted(search.METHOD_DEFAULTS.items())))
     s.add_argument("--reference", action="store_true",
                    help="run the original algorithm (Python-sum MixedOp, original Architect)")
@@ -168,6 +179,12 @@ def build_parser():
     t.add_argument("--drop_path_prob", type=fraction, default=0.2)
     t.set_defaults(job=train.run)
     return parser, {"search": s, "train": t}
+
+
+def _flag(name, value):
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{name}"
+    return f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
 
 
 def main(argv=None):
@@ -256,6 +273,8 @@ def _parse_saved(command_parser, saved, where):
     """The saved options, put through the same checks as the command line."""
     actions = {a.dest: a for a in command_parser._actions if a.option_strings}
     expected = set(actions) - set(NOT_STORED) - {"help"}
+    saved = {**{name: value for name, value in ADDED_LATER.items() if name in expected},
+             **saved}
     unknown, missing = sorted(set(saved) - expected), sorted(expected - set(saved))
     if unknown or missing:
         raise UsageError(f"config.json in {where!r} is not a configuration of this darts-fast "
@@ -264,11 +283,14 @@ def _parse_saved(command_parser, saved, where):
     argv = []
     for name, value in saved.items():
         action = actions[name]
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             if not isinstance(value, bool):
                 raise UsageError(f"config.json in {where!r}: {name} must be true or false, "
                                  f"got {value!r}")
-            argv += [action.option_strings[0]] if value else []
+            if isinstance(action, argparse.BooleanOptionalAction):  # --name or --no-name
+                argv += [action.option_strings[0 if value else 1]]
+            else:
+                argv += [action.option_strings[0]] if value else []
         elif value is not None:
             if isinstance(value, (dict, list, bool)):
                 raise UsageError(f"config.json in {where!r}: {name} has the wrong type "

@@ -41,6 +41,14 @@ RESUMABLE = ("epochs", "stop_after_epoch", "device", "data", "loader", "workers"
              "recompute", "dist_timeout")
 # Options about one invocation, not stored with the run.
 NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config")
+# Options that came after runs were made, with the value that a run whose config.json and
+# checkpoint lack them ran with: the runs of earlier versions resume.
+ADDED_LATER = {"nesterov": False, "tau_max": None, "tau_min": None}
+
+
+def stored_option(options, name):
+    """Option ``name`` of a stored options dict, an earlier version's included."""
+    return options.get(name, ADDED_LATER.get(name))
 
 
 def stored_options(options):
@@ -133,7 +141,7 @@ class RunDir:
         saved = state.get("options")
         saved = saved if isinstance(saved, dict) else {}
         changed = sorted(k for k in fixed_options
-                         if saved.get(k) != config["options"].get(k))
+                         if stored_option(saved, k) != stored_option(config["options"], k))
         if changed:
             raise RunDirError(f"{CONFIG} in {self.path!r} differs from the checkpoint in "
                               f"{', '.join(changed)}: the file was edited; refusing to resume")

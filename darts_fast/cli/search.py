@@ -1,7 +1,7 @@
 """``darts-fast search``: the original ``train_search.py`` on the fused classes (or, with
 ``--reference``, the original algorithm). Each step: one architecture step on a validation batch,
-then one weight step on a training batch; each epoch leaves the genotype, the softmaxed alphas and
-their pictures.
+then one weight step on a training batch (GDAS: the weight step first); each epoch leaves the
+genotype, the softmaxed alphas and their pictures.
 
 Under ``torchrun`` the search runs on every process (``ranks``): each rank steps on its shard of
 the training and validation halves (``--batch_size`` images per rank and step), the weights go
@@ -16,6 +16,7 @@ import torch.nn as nn
 from .. import reference
 from ..architect import Architect
 from ..distributed import check_identical
+from ..gdas import GDASNetwork, tau_at
 from ..genotypes import genotype_text, genotype_to_dict
 from ..pc_darts import PCNetwork
 from ..search_model import Network
@@ -25,24 +26,43 @@ from . import data, loop, ranks as ranks_, visualize
 from .errors import Diverged, UsageError
 
 
-# The authors' settings of each method (PC-DARTS: yuhuixu1993/PC-DARTS train_search.py).
+# The authors' settings of each method (PC-DARTS: yuhuixu1993/PC-DARTS train_search.py; GDAS:
+# D-X-Y/AutoDL-Projects, its NASNet-space search script and configurations, whose 2 cells per
+# stage make 6 cells, reduced where 6 layers of the DARTS network reduce).
 METHOD_DEFAULTS = {
-    "darts": {"batch_size": 64, "learning_rate": 0.025, "arch_learning_rate": 3e-4,
+    "darts": {"layers": 8, "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
+              "weight_decay": 3e-4, "nesterov": False, "epochs": 50, "arch_learning_rate": 3e-4,
               "arch_start_epoch": 0},
-    "pc-darts": {"batch_size": 256, "learning_rate": 0.1, "arch_learning_rate": 6e-4,
-                 "arch_start_epoch": 15, "partial_channels": 4},
+    "pc-darts": {"layers": 8, "batch_size": 256, "learning_rate": 0.1, "learning_rate_min": 0.001,
+                 "weight_decay": 3e-4, "nesterov": False, "epochs": 50,
+                 "arch_learning_rate": 6e-4, "arch_start_epoch": 15, "partial_channels": 4},
+    "gdas": {"layers": 6, "batch_size": 256, "learning_rate": 0.025, "learning_rate_min": 0.001,
+             "weight_decay": 5e-4, "nesterov": True, "epochs": 250, "arch_learning_rate": 3e-4,
+             "arch_start_epoch": 0, "tau_max": 10.0, "tau_min": 0.1},
 }
+# The options of one method only.
+METHOD_OPTIONS = {"partial_channels": "pc-darts", "tau_max": "gdas", "tau_min": "gdas"}
 
 
 def resolve_method(options):
     """Fills the options left unset with the method's defaults (a new run; config.json then
     holds them)."""
-    if options.partial_channels is not None and options.method != "pc-darts":
-        raise UsageError(f"--partial_channels is a pc-darts option, not a {options.method} one "
-                         f"(add --method pc-darts)")
+    for name, method in METHOD_OPTIONS.items():
+        if getattr(options, name) is not None and options.method != method:
+            raise UsageError(f"--{name} is a {method} option, not a {options.method} one "
+                             f"(add --method {method})")
+    if options.method == "gdas":
+        given = "--unrolled" if options.unrolled else \
+            "--hessian exact" if options.hessian == "exact" else None
+        if given:
+            raise UsageError(f"{given} is for a second-order search; gdas searches first order "
+                             f"only, as its authors do")
     for name, value in METHOD_DEFAULTS[options.method].items():
         if getattr(options, name) is None:
             setattr(options, name, value)
+    if options.method == "gdas" and options.tau_min > options.tau_max:
+        raise UsageError(f"--tau_min {options.tau_min:g} must not exceed --tau_max "
+                         f"{options.tau_max:g} (the temperature falls from tau_max to tau_min)")
     if options.method == "pc-darts" and options.init_channels % options.partial_channels:
         raise UsageError(f"--partial_channels {options.partial_channels} must divide "
                          f"--init_channels {options.init_channels} (the candidates see 1/K of "
@@ -59,6 +79,10 @@ def run(options):
     if ranks_.under_torchrun() and options.reference:
         raise UsageError("--reference runs in one process; the original architect cannot "
                          "average its gradients over torchrun's ranks")
+    if ranks_.under_torchrun() and options.method == "gdas":
+        raise UsageError("--method gdas runs in one process: each rank would draw its own "
+                         "candidates (the ranks' random streams differ for their augmentations) "
+                         "and DDP would find weights that some ranks did not use")
     if options.sync_batch_norm and not ranks_.under_torchrun():
         raise UsageError("--sync_batch_norm takes BatchNorm statistics over the processes of a "
                          "torchrun search; one process has them already")
@@ -83,6 +107,8 @@ def _job(options, images, labels, split, ranks, device):
     if options.method == "pc-darts":
         network = reference.PCNetwork if options.reference else PCNetwork
         built["k"] = options.partial_channels
+    if options.method == "gdas":
+        network = reference.GDASNetwork if options.reference else GDASNetwork
     if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
         built["fold_batch_norm"] = False
     model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion,
@@ -102,19 +128,23 @@ def _job(options, images, labels, split, ranks, device):
                 broadcast_buffers=False)  # the BatchNorm statistics stay the ranks' own
         loop.seed_everything(ranks.derived_seed(options.seed))  # each rank its augmentations
     optimizer = torch.optim.SGD(model.parameters(), options.learning_rate,
-                                momentum=options.momentum, weight_decay=options.weight_decay)
+                                momentum=options.momentum, weight_decay=options.weight_decay,
+                                nesterov=options.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, options.epochs, eta_min=options.learning_rate_min)
     architect = architect(model, options) if options.reference else \
         architect(stepped, options, hessian=options.hessian)
-    if options.reference and device.type == "cuda" and not options.no_cuda_graph:
+    # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
+    graph = device.type == "cuda" and not options.no_cuda_graph and not ranks.distributed \
+        and getattr(model, "capturable", True)
+    if options.reference and graph:
         raise UsageError("the --reference architect rebuilds its model every step and cannot "
                          "be captured into a CUDA graph; add --no_cuda_graph")
     job = SearchJob(options, model, optimizer, scheduler, criterion, device, ranks)
     job.architect = architect
-    graph = device.type == "cuda" and not options.no_cuda_graph and not ranks.distributed
     job.search_step = SearchStep(stepped, architect, optimizer, criterion, options.grad_clip,
-                                 options.unrolled, cuda_graph=graph)
+                                 options.unrolled, cuda_graph=graph,
+                                 weights_first=options.method == "gdas")
     job.weight_step = SearchStep(stepped, None, optimizer, criterion, options.grad_clip,
                                  cuda_graph=graph) if options.arch_start_epoch else None
     # The original draws validation batches from the training set, with the training transform.
@@ -130,7 +160,10 @@ class SearchJob(loop.Job):
     finished = "search finished"
 
     def begin_epoch(self, epoch):
-        if epoch >= self.options.arch_start_epoch:
+        o = self.options
+        if o.method == "gdas":  # from the epoch alone: a resumed run needs nothing saved
+            self.model.tau = tau_at(epoch, o.epochs, o.tau_max, o.tau_min)
+        if epoch >= o.arch_start_epoch:
             # Its saved state (and on CUDA its captured graph's memory pool) is not needed again.
             self.weight_step = None
 
@@ -236,7 +269,9 @@ class SearchJob(loop.Job):
                  f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
                  if ranks.distributed else f"{self.device}")
         per = " per process" if ranks.distributed else ""
-        method = (f"{o.method} (k={o.partial_channels}) " if o.method == "pc-darts" else "")
+        method = (f"{o.method} (k={o.partial_channels}) " if o.method == "pc-darts" else
+                  f"{o.method} (tau {o.tau_max:g} to {o.tau_min:g}, weight step first) "
+                  if o.method == "gdas" else "")
         start = (f", architecture steps from epoch {o.arch_start_epoch + 1}"
                  if o.arch_start_epoch else "")
         return (f"{'reference' if o.reference else 'fused'} {order}-order {method}search on "

@@ -1,0 +1,230 @@
+"""The DARTS family on the fused core against its authors' formulations, side by side in one run:
+
+  * PC-DARTS' partial-channel mixed op, forward + backward, at its search shapes (batch 256, k 4;
+    a normal edge of the first cells, 16 channels at 32x32, and a reduction edge, 32 channels at
+    32x32, stride 2): the authors' Python implementation (``reference``), torch.compile of it,
+    and darts_fast's op (weighted sum, concatenation and shuffle in one kernel);
+  * a PC-DARTS search step (first order, the authors' default, and second order) and a GDAS
+    search step (weights first, then the alphas, first order): the authors' formulation
+    (``darts_fast.reference``) against darts_fast's networks, SearchStep and Architect.
+
+Every case runs in a fresh process (so the peak resident memory is its own): a warm-up call
+(after the compiling call for torch.compile), then the median of ``--rounds`` timed calls; the
+peak is the memory above that before the warm-up call (``report.timed_peak``). The impls of a
+case alternate within each of ``--repeats`` repetitions, so the machine's drift hits them alike;
+ratios are per repetition, reported as median [min-max].
+
+    python benchmarks/family.py [--device cpu|cuda] [--repeats 3] [--rounds 3]
+
+Prints markdown tables and writes them into RESULTS.md (their own section per device).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import types
+
+import torch
+import torch.nn as nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import darts_fast  # noqa: E402
+from darts_fast import pc_darts, reference  # noqa: E402
+from cases import gdas_search_step, synchronized  # noqa: E402
+from report import timed_peak, update_results_md  # noqa: E402
+
+ETA = 0.025
+# The step's network on each device: on the CPU a smaller one than the authors' C=16, 8 layers,
+# batch 256, whose reference steps take minutes there.
+STEP_CONFIG = {"cpu": dict(C=16, layers=5, batch=32), "cuda": dict(C=16, layers=8, batch=256)}
+PC_ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4,
+                                arch_weight_decay=1e-3)
+
+# case -> (impls, the baseline, the target: (ours / baseline at least, peak at most)). The mixed
+# op runs on NCHW inputs (the authors' layout) and on channels_last ones (the layout darts_fast's
+# networks run in on the CPU), each impl against the authors' code on the same input.
+OP_IMPLS = ["reference", "compiled_reference", "fused", "reference_channels_last",
+            "fused_channels_last"]
+CASES = {
+    "pc_mixed_op_stride1": (OP_IMPLS, "reference", (1.5, None)),
+    "pc_mixed_op_stride2": (OP_IMPLS, "reference", (1.5, None)),
+    "pc_step_first": (["reference", "fused"], "reference", (1.3, 0.8)),
+    "pc_step_second": (["reference", "fused"], "reference", (1.3, 0.8)),
+    "gdas_step": (["reference", "fused"], "reference", (1.3, None)),
+}
+DESCRIPTION = {
+    "pc_mixed_op_stride1": "PC-DARTS mixed op fwd+bwd, x 256x16x32x32, k 4, stride 1",
+    "pc_mixed_op_stride2": "PC-DARTS mixed op fwd+bwd, x 256x32x32x32, k 4, stride 2",
+    "pc_step_first": "PC-DARTS search step, first order",
+    "pc_step_second": "PC-DARTS search step, second order",
+    "gdas_step": "GDAS search step (weights, then alphas; first order)",
+}
+
+
+def pc_mixed_op(impl, device, stride, batch=256):
+    C = 16 if stride == 1 else 32
+    torch.manual_seed(0)
+    if impl.startswith("fused"):
+        op = pc_darts.PartialChannelMixedOp(C, stride, k=4).to(device)
+    else:
+        op = reference.PartialChannelMixedOp(C, stride, k=4).to(device)
+        if impl == "compiled_reference":
+            op = torch.compile(op)
+    layout = torch.channels_last if impl.endswith("channels_last") else torch.contiguous_format
+    x = torch.randn(batch, C, 32, 32, device=device).contiguous(memory_format=layout)
+    x.requires_grad_()
+    w = torch.softmax(torch.randn(8, device=device), 0).requires_grad_()
+    g = torch.randn(batch, C, 32 // stride, 32 // stride, device=device)
+    params = list(op.parameters())
+
+    def run():
+        return torch.autograd.grad(op(x, w), [x, w, *params], g)
+
+    return run
+
+
+def _batches(device, batch, size):
+    g = torch.Generator().manual_seed(1)
+    return [t.to(device) for t in (torch.randn(batch, 3, size, size, generator=g),
+                                   torch.randint(0, 10, (batch,), generator=g),
+                                   torch.randn(batch, 3, size, size, generator=g),
+                                   torch.randint(0, 10, (batch,), generator=g))]
+
+
+def pc_step(impl, device, unrolled, config):
+    """The authors' train_search.py step: architect step, then the weight step (SGD, clip 5)."""
+    torch.manual_seed(0)
+    network = pc_darts.PCNetwork if impl == "fused" else reference.PCNetwork
+    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss(), k=4).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=PC_ARGS.momentum,
+                                weight_decay=PC_ARGS.weight_decay)
+    data = _batches(device, config["batch"], config.get("image", 32))  # CIFAR-10's size
+    if impl == "fused":
+        step = darts_fast.SearchStep(model, darts_fast.Architect(model, PC_ARGS), optimizer,
+                                     grad_clip=5, unrolled=unrolled, cuda_graph=False)
+        return lambda: step(*data, ETA)[0]
+    architect = reference.Architect(model, PC_ARGS)
+
+    def run():
+        architect.step(*data, ETA, optimizer, unrolled)
+        optimizer.zero_grad()
+        loss = model._loss(data[0], data[1])
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5)
+        optimizer.step()
+        return loss
+
+    return run
+
+
+def build(case, impl, device, config):
+    if case.startswith("pc_mixed_op"):
+        return pc_mixed_op(impl, device, stride=int(case[-1]), batch=config.get("op_batch", 256))
+    if case.startswith("pc_step"):
+        return pc_step(impl, device, case.endswith("second"), config)
+    return gdas_search_step(impl, device, config=config)
+
+
+def child(spec):
+    """One case in this (fresh) process: the timed calls and the peak memory, as JSON."""
+    device = torch.device(spec["device"])
+    run = synchronized(build(spec["case"], spec["impl"], device, spec["config"]), device)
+    if spec["impl"] == "compiled_reference":
+        run()  # compiles the forward and the backward
+    print(json.dumps(timed_peak(run, device, spec["rounds"])))
+
+
+def run_child(spec):
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+                         capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spread(values, fmt):
+    values = sorted(values)
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(values[0])}-" \
+           f"{fmt.format(values[-1])}]"
+
+
+def measure(cases, device, config, repeats, rounds):
+    """{case: {impl: [result per repetition]}}, the impls alternating within a repetition."""
+    results = {case: {impl: [] for impl in CASES[case][0]} for case in cases}
+    for repetition in range(repeats):
+        for case in cases:
+            for impl in CASES[case][0]:
+                spec = {"case": case, "impl": impl, "device": str(device), "config": config,
+                        "rounds": rounds}
+                results[case][impl].append(run_child(spec))
+                print(f"repetition {repetition + 1}/{repeats} {case} {impl}: "
+                      f"{results[case][impl][-1]}", file=sys.stderr)
+    return results
+
+
+def baseline_of(case, impl):
+    """The authors' code on the same input as ``impl``."""
+    return "reference_channels_last" if impl.endswith("channels_last") else CASES[case][1]
+
+
+def tables(results):
+    rows = ["| case | impl | time (s) | speedup over the authors' | peak memory (MB) | "
+            "peak / the authors' |", "|---|---|---|---|---|---|"]
+    targets = ["| target | measured | met |", "|---|---|---|"]
+    for case, by_impl in results.items():
+        at_least, peak_at_most = CASES[case][2]
+        for impl, runs in by_impl.items():
+            base = by_impl[baseline_of(case, impl)]
+            speed = [b["seconds"] / r["seconds"] for b, r in zip(base, runs)]
+            memory = [r["peak_mb"] / b["peak_mb"] for b, r in zip(base, runs)
+                      if b["peak_mb"] > 0]
+            rows.append(f"| {DESCRIPTION[case]} | {impl} | "
+                        f"{spread([r['seconds'] for r in runs], '{:.3f}')} | "
+                        f"{spread(speed, '{:.2f}x')} | "
+                        f"{spread([r['peak_mb'] for r in runs], '{:.0f}')} | "
+                        f"{spread(memory, '{:.2f}') if memory else 'n/a'} |")
+            if not impl.startswith("fused"):
+                continue
+            what = f"{DESCRIPTION[case]}{', channels_last' if impl != 'fused' else ''}"
+            targets.append(f"| {what}: speed >= {at_least}x | {spread(speed, '{:.2f}x')} | "
+                           f"{'yes' if statistics.median(speed) >= at_least else 'NO'} |")
+            if peak_at_most is not None and memory:
+                met = statistics.median(memory) <= peak_at_most
+                targets.append(f"| {what}: peak memory <= {peak_at_most}x | "
+                               f"{spread(memory, '{:.2f}x')} | {'yes' if met else 'NO'} |")
+    return "\n".join(rows), "\n".join(targets)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    options = p.parse_args()
+    if options.child:
+        return child(json.loads(options.child))
+    device = torch.device(options.device)
+    config = STEP_CONFIG[device.type]
+    results = measure(options.cases, device, config, options.repeats, options.rounds)
+    table, targets = tables(results)
+    command = (f"python benchmarks/family.py --device {device.type} --repeats {options.repeats} "
+               f"--rounds {options.rounds}")
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    section = (f"## The DARTS family against its authors' code ({device.type})\n\n"
+               f"{datetime.date.today()}, {machine}, torch {torch.__version__}: `{command}`. "
+               f"Search steps: C={config['C']}, {config['layers']} layers, batch "
+               f"{config['batch']}, float32. Median of {options.rounds} timed calls per case "
+               f"and process, over {options.repeats} repetitions: median [min-max].\n\n"
+               f"{table}\n\n{targets}\n")
+    print(section)
+    update_results_md(f"family-{device.type}", section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""benchmarks/family.py: every case builds and runs (on small shapes), and its tables hold the
+ratios of the results they are given."""
+import pytest
+import torch
+
+import family
+
+
+@pytest.mark.parametrize("case", sorted(family.CASES))
+def test_every_case_runs(case):
+    config = dict(C=4, layers=3, batch=2, image=8, op_batch=2)
+    for impl in family.CASES[case][0]:
+        if impl == "compiled_reference":  # compiling takes minutes on the CPU
+            continue
+        run = family.build(case, impl, torch.device("cpu"), config)
+        for result in (run(), run()):
+            assert all(torch.isfinite(t).all() for t in (result if isinstance(result, tuple)
+                                                           else (result,)))
+
+
+def test_tables_hold_the_ratios():
+    def runs(*seconds, peak=100.0):
+        return [{"seconds": s, "peak_mb": peak} for s in seconds]
+
+    results = {
+        "pc_step_first": {"reference": runs(3.0, 4.0, 6.0, peak=200.0),
+                          "fused": runs(2.0, 2.0, 2.0, peak=150.0)},
+        "pc_mixed_op_stride2": {"reference": runs(1.0), "compiled_reference": runs(1.0),
+                                "fused": runs(1.0), "reference_channels_last": runs(2.0),
+                                "fused_channels_last": runs(1.0)},
+    }
+    table, targets = family.tables(results)
+    assert "| PC-DARTS search step, first order | fused | 2.000 [2.000-2.000] | 2.00x " \
+           "[1.50x-3.00x] | 150 [150-150] | 0.75 [0.75-0.75] |" in table
+    assert "first order: speed >= 1.3x | 2.00x [1.50x-3.00x] | yes |" in targets
+    assert "first order: peak memory <= 0.8x | 0.75x [0.75x-0.75x] | yes |" in targets
+    assert "stride 2: speed >= 1.5x | 1.00x [1.00x-1.00x] | NO |" in targets
+    # channels_last against the authors' code on channels_last
+    assert "stride 2, channels_last: speed >= 1.5x | 2.00x [2.00x-2.00x] | yes |" in targets
