@@ -5,9 +5,9 @@
 # the same bits), write the CUDA section of benchmarks/RESULTS.md, and time the step through the
 # distributed code path on one GPU (NCCL, world size 1) against the plain step, then search from
 # the command line under torchrun, and time PC-DARTS and GDAS against their authors' code. Sized
-# for one H200 with 16 cores: each stage has its own time limit (580 s in all), a failed stage
-# does not stop the others, and --stages reruns only some. Logs and JSON go to the output folder
-# (9 files at most); a short table is printed last.
+# for one large GPU and 16 CPU cores: each stage has its own time limit (580 s in all), a failed
+# stage does not stop the others, and --stages reruns only some. Logs and JSON go to the output
+# folder (10 files at most); a short table is printed last.
 #
 #   bash benchmarks/gpu_check.sh [--out DIR]
 #        [--stages build,tests,report,sanitizer,cli,distributed,family]

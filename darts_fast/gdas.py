@@ -33,6 +33,10 @@ Not as the authors wrote it:
     index on its own (118 reads per pass of an 8-cell network); a retry, rare, reads again.
     Because of that read the forward pass cannot be captured into a CUDA graph
     (``capturable``: ``SearchStep`` runs it eagerly);
+  * the weight step clips the norm of the weights' gradients (5, as DARTS does). The authors'
+    ``clip_grad_norm_(network.parameters(), 5)`` also counts their alphas, parameters there,
+    whose gradients then hold the last architecture step's plus the weight step's: where the
+    clip acts, their factor is smaller;
   * current PyTorch's ``zero_grad`` drops the gradients rather than zeroing them: the weights
     of the candidates that a step did not sample get no SGD update at all in it. On the PyTorch
     the authors ran, such weights, once they had a gradient, kept one of zeros, so momentum and

@@ -244,6 +244,7 @@ def _batch_norm_weighted_sum_setup_context(ctx, inputs, output):
     _, mean, invstd, var = output
     ctx.mark_non_differentiable(mean, invstd, var)
     ctx.num_ys, ctx.batch_stats, ctx.eps, ctx.groups = len(ys), list(batch_stats), eps, groups
+    ctx.ys_shape, ctx.ys_layout = ys[0].shape, dense_layout(ys[0])
     # The ys are read for the weight gradient and the batch rows' BatchNorm backward only.
     ctx.keeps_ys = weights.requires_grad or any(batch_stats)
     ctx.save_for_backward(weights, mean, invstd, *(ys if ctx.keeps_ys else ()))
@@ -301,8 +302,11 @@ def _batch_norm_weighted_sum_backward(ctx, grad, *_stats_grads):
         return result(grad_ys, next(found) if weights_need_grad else None, grad_rest)
     if ctx.keeps_ys:
         ys_arg = ys
-    else:  # then only the shapes of the ys are read
-        ys_arg = [grad.narrow(1, 0, grad.shape[1] // ctx.groups)] * ctx.num_ys
+    else:  # then only the shapes and the layout of the ys are read
+        placeholder = grad if ctx.groups == 1 else \
+            torch.empty(ctx.ys_shape, dtype=grad.dtype, device=grad.device,
+                        memory_format=ctx.ys_layout)
+        ys_arg = [placeholder] * ctx.num_ys
     packed, grad_weights, grad_rest = _ops.batch_norm_weighted_sum_backward(
         grad, ys_arg, weights, mean, invstd, ctx.batch_stats, ys_need_grad, weights_need_grad,
         ctx.groups, rest_need_grad)

@@ -33,8 +33,9 @@ Nothing inside the step reads a value on the host. A weight step whose loss, gra
 weights are not finite is undone on the device (weights, BatchNorm statistics and optimizer state
 as they were) and counted in ``skipped_steps``, a 0-dim device tensor; the architect skips and
 counts its own steps the same way (``architect.skipped_steps``). The only exception is a weight
-step that creates optimizer state (the first; with GDAS, any step that first moves a candidate's
-weights): if it is not finite, the state it created is dropped again, which reads the flag once.
+step while some weights have no optimizer state yet (the first step; with GDAS, every step until
+each candidate has been sampled once): if it is not finite, the state it created is dropped
+again, which reads the flag once.
 
 The returned ``loss`` and ``logits`` are detached; in graph mode they are the graph's static
 outputs, overwritten by the next call (consume or copy them before it).

@@ -199,6 +199,60 @@ def test_shuffled_output_matches_cat_and_shuffle(device, dtype, layout, groups, 
     assert torch.equal(got[-1], want[-1])  # the rest's gradient is a copy of grad's channels
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_shuffled_output_with_more_candidates_than_one_launch_takes(device, layout):
+    """K=10 (the CUDA kernels take 8 candidates per launch, the last launch shuffles)."""
+    ys, w, mean, var = inputs(device, torch.float32, K=10, layout=layout)
+    rest = rests(device, torch.float32, ys[0], 3, layout, "slice")
+    batch_stats, eps = [k % 3 != 0 for k in range(10)], 1e-5
+    out = kernels.batch_norm_weighted_sum(ys, w, mean, torch.rsqrt(var + eps), batch_stats, eps,
+                                          rest, 3)[0]
+    ref = authors_shuffle(expected(ys, w, mean, var, batch_stats, eps)[0], rest, 3)
+    assert rel_err(out, ref) < TOLERANCE[torch.float32]
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [*ys, w, rest], g),
+                    torch.autograd.grad(ref, [*ys, w, rest], g)):
+        assert rel_err(a, b) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_shuffled_gradients_keep_the_layout_without_kept_ys(layout):
+    """Fixed statistics and constant weights: the ys are not kept, and the gradients still take
+    their layout."""
+    ys, w, mean, var = inputs("cpu", torch.float64, layout=layout)
+    rest = rests("cpu", torch.float64, ys[0], 2, layout, "dense")
+    out = kernels.batch_norm_weighted_sum(ys, w.detach(), mean, torch.rsqrt(var + 1e-5),
+                                          [False] * 4, 1e-5, rest, 2)[0]
+    ref = authors_shuffle(expected(ys, w.detach(), mean, var, [False] * 4, 1e-5)[0], rest, 2)
+    g = torch.randn_like(out)
+    for a, b, x in zip(torch.autograd.grad(out, [*ys, rest], g),
+                       torch.autograd.grad(ref, [*ys, rest], g), [*ys, rest]):
+        assert rel_err(a, b) < 1e-12 and a.stride() == x.stride()
+
+
+def test_shuffled_same_bits_on_every_run_and_thread_count():
+    """channels_last with few channels (the tiled rows) and a shuffle."""
+    ys, w, mean, var = inputs("cpu", torch.float32, K=7, shape=(64, 4, 16, 16),
+                              layout=torch.channels_last)
+    rest = rests("cpu", torch.float32, ys[0], 4, torch.channels_last, "slice")
+    invstd = torch.rsqrt(var + 1e-5).float()
+
+    def once():
+        out = kernels.batch_norm_weighted_sum(ys, w, mean.float(), invstd, [True] * 7, 1e-5,
+                                              rest, 4)
+        return [out[0], *torch.autograd.grad(out[0], [*ys, w, rest], torch.ones_like(out[0]))]
+
+    first = once()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = once()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, once(), single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 def test_shuffled_gradcheck_and_gradgradcheck():
     ys, w, mean, var = inputs("cpu", torch.float64, K=3, shape=(2, 3, 3, 2),
                               layout=torch.channels_last)
@@ -214,7 +268,7 @@ def test_shuffled_gradcheck_and_gradgradcheck():
 
 
 def test_shuffled_gradient_of_the_rest_alone():
-    """Only rest needs a gradient: the ys' and weights' backward does not run."""
+    """Only rest needs a gradient: it is grad's rest channels."""
     ys, w, mean, var = inputs("cpu", torch.float64)
     rest = rests("cpu", torch.float64, ys[0], 4, torch.contiguous_format, "dense")
     out = kernels.batch_norm_weighted_sum([y.detach() for y in ys], w.detach(), mean,

@@ -172,7 +172,14 @@ def test_a_run_of_an_earlier_version_resumes(finished_search, tmp_path):
     assert run(["search", "--resume", parts]) == 0
     for a, b in zip(state_of(finished_search)["alphas"], state_of(parts)["alphas"]):
         assert torch.equal(a, b)
-    # Resumed again: config.json still lacks them, the checkpoint of this version holds them.
+    # The resume rewrote config.json with them; a checkpoint of an earlier version still lacks
+    # them when a resumed run stops before it writes its own.
+    state = state_of(parts)
+    for name in run_dir.ADDED_LATER:
+        del state["options"][name]
+    with open(parts / "checkpoint.pt", "wb") as f:
+        checkpoint.serialize(state, f)
+    assert "nesterov" in json.loads((parts / "config.json").read_text())["options"]
     assert run(["search", "--resume", parts, "--epochs", "3"]) == 0
 
 

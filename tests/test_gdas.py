@@ -205,7 +205,10 @@ def test_a_non_finite_weight_step_drops_only_the_state_it_created():
             for p in model.parameters() if optimizer.state.get(p)}
     weights = [p.detach().clone() for p in model.parameters()]
     assert 0 < len(kept) < len(weights)
+    torch.manual_seed(1)  # draws candidates that step 1 did not sample
     step(torch.full_like(x, float("nan")), y, x, y, 0.025)
+    created = [p for p in model.parameters() if p not in kept and p.grad is not None]
+    assert created  # the undone step made state for these, and dropped it
     assert int(step.skipped_steps) == 1
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
     assert {p for p in model.parameters() if optimizer.state.get(p)} == set(kept)

@@ -282,7 +282,9 @@ batch_norm_weighted_sum_backward_cuda(const at::Tensor& grad, at::TensorList ys,
     const acc_t* mean_p = args.mean.const_data_ptr<acc_t>();
     const acc_t* invstd_p = args.invstd.const_data_ptr<acc_t>();
     auto groups = groups_of<scalar_t>(all);
-    for (size_t index = 0; index < groups.size(); ++index) {
+    // Only rest's gradient wanted: no sums (input_grad_kernel then copies it alone).
+    const bool need_sums = weights_need_grad || !args.grad_ys.empty();
+    for (size_t index = 0; need_sums && index < groups.size(); ++index) {
       auto group = groups[index];  // y set where S_k is needed
       for (int j = 0; j < group.count; ++j) {
         const int k = group.k[j];
