@@ -10,7 +10,8 @@
 
 Every case runs in a fresh process (so the peak resident memory is its own): a warm-up call
 (after the compiling call for torch.compile), then the median of ``--rounds`` timed calls; the
-peak is the memory above that before the warm-up call (``report.timed_peak``). The impls of a
+peak is the memory above that before the warm-up call (``report.timed_peak``; not on the CPU for
+torch.compile, whose compilation sets the process's peak). The impls of a
 case alternate within each of ``--repeats`` repetitions, so the machine's drift hits them alike;
 ratios are per repetition, reported as median [min-max].
 
@@ -134,9 +135,13 @@ def child(spec):
     """One case in this (fresh) process: the timed calls and the peak memory, as JSON."""
     device = torch.device(spec["device"])
     run = synchronized(build(spec["case"], spec["impl"], device, spec["config"]), device)
-    if spec["impl"] == "compiled_reference":
+    compiled = spec["impl"] == "compiled_reference"
+    if compiled:
         run()  # compiles the forward and the backward
-    print(json.dumps(timed_peak(run, device, spec["rounds"])))
+    result = timed_peak(run, device, spec["rounds"])
+    if compiled and device.type == "cpu":
+        result["peak_mb"] = None  # the peak resident size is the compiler's, not the calls'
+    print(json.dumps(result))
 
 
 def run_child(spec):
@@ -180,11 +185,12 @@ def tables(results):
             base = by_impl[baseline_of(case, impl)]
             speed = [b["seconds"] / r["seconds"] for b, r in zip(base, runs)]
             memory = [r["peak_mb"] / b["peak_mb"] for b, r in zip(base, runs)
-                      if b["peak_mb"] > 0]
+                      if r["peak_mb"] is not None and b["peak_mb"]]
+            peaks = [r["peak_mb"] for r in runs if r["peak_mb"] is not None]
             rows.append(f"| {DESCRIPTION[case]} | {impl} | "
                         f"{spread([r['seconds'] for r in runs], '{:.3f}')} | "
                         f"{spread(speed, '{:.2f}x')} | "
-                        f"{spread([r['peak_mb'] for r in runs], '{:.0f}')} | "
+                        f"{spread(peaks, '{:.0f}') if peaks else 'n/a'} | "
                         f"{spread(memory, '{:.2f}') if memory else 'n/a'} |")
             if not impl.startswith("fused"):
                 continue
