@@ -102,14 +102,8 @@ def test_opcheck(layout):
                            True))
 
 
-def test_same_bits_on_every_run_and_thread_count():
-    ys, w, mean, var = inputs("cpu", torch.float32, shape=(16, 8, 16, 16))
-    invstd = torch.rsqrt(var + 1e-5).float()
-
-    def once():
-        out = kernels.batch_norm_weighted_sum(ys, w, mean.float(), invstd, [True] * 4, 1e-5)
-        return [out[0], *torch.autograd.grad(out[0], [*ys, w], torch.ones_like(out[0]))]
-
+def assert_same_bits_on_every_run_and_thread_count(once):
+    """``once()``'s tensors twice with the threads at hand and once with one thread: equal bits."""
     first = once()
     threads = torch.get_num_threads()
     try:
@@ -119,6 +113,17 @@ def test_same_bits_on_every_run_and_thread_count():
         torch.set_num_threads(threads)
     for a, b, c in zip(first, once(), single):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_same_bits_on_every_run_and_thread_count():
+    ys, w, mean, var = inputs("cpu", torch.float32, shape=(16, 8, 16, 16))
+    invstd = torch.rsqrt(var + 1e-5).float()
+
+    def once():
+        out = kernels.batch_norm_weighted_sum(ys, w, mean.float(), invstd, [True] * 4, 1e-5)
+        return [out[0], *torch.autograd.grad(out[0], [*ys, w], torch.ones_like(out[0]))]
+
+    assert_same_bits_on_every_run_and_thread_count(once)
 
 
 def test_empty_batch():
@@ -242,15 +247,7 @@ def test_shuffled_same_bits_on_every_run_and_thread_count():
                                               rest, 4)
         return [out[0], *torch.autograd.grad(out[0], [*ys, w, rest], torch.ones_like(out[0]))]
 
-    first = once()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = once()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(first, once(), single):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    assert_same_bits_on_every_run_and_thread_count(once)
 
 
 def test_shuffled_gradcheck_and_gradgradcheck():
