@@ -33,6 +33,8 @@ Not as the authors wrote it:
     index on its own (118 reads per pass of an 8-cell network); a retry, rare, reads again.
     Because of that read the forward pass cannot be captured into a CUDA graph
     (``capturable``: ``SearchStep`` runs it eagerly);
+  * ``darts-fast search`` steps the cosine learning rate once an epoch, as DARTS does; the
+    authors' scheduler moves it at every step;
   * the weight step clips the norm of the weights' gradients (5, as DARTS does). The authors'
     ``clip_grad_norm_(network.parameters(), 5)`` also counts their alphas, parameters there,
     whose gradients then hold the last architecture step's plus the weight step's: where the
