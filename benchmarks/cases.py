@@ -41,19 +41,29 @@ SEARCH_STEP_IMPLS = ["reference", "compiled_reference", "fused_unfolded", "fused
                      "fused_recompute", "fused_graph", "fused_deterministic"]
 
 
-def search_step(impl, device, unrolled, batch=None, config=None):
+def step_batches(device, batch, size):
+    """The training and validation batches of a step case: (x, y, x_valid, y_valid)."""
+    g = torch.Generator().manual_seed(1)
+    x, xv = (torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
+    y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+    return x, y, xv, yv
+
+
+def search_step(impl, device, unrolled, batch=None, config=None,
+                networks=(darts_fast.Network, reference.Network), args=ARGS):
     """One full search step (architect step, then the weight step on the same batch): the
     original algorithm ('reference'), the original with its network's forward compiled
     ('compiled_reference'), or darts_fast's SearchStep: eager ('fused'), eager without the
     BatchNorm fold ('fused_unfolded'), eager with the mixed ops recomputed in the backward pass
     ('fused_recompute'), captured into a CUDA graph
     ('fused_graph', CUDA only), eager with deterministic algorithms ('fused_deterministic': they
-    stay on for the process)."""
+    stay on for the process). ``networks``: darts_fast's network class and the original's
+    (PC-DARTS' pair, say); ``args``: the architect's settings and the weights' SGD ones."""
     config = dict(config or STEP_CONFIG[torch.device(device).type])
     batch = batch or config["batch"]
     torch.manual_seed(0)
     fused = impl.startswith("fused")
-    network = darts_fast.Network if fused else reference.Network
+    network = networks[0] if fused else networks[1]
     model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss(),
                     recompute=impl == "fused_recompute",
                     fold_batch_norm=impl != "fused_unfolded").to(device)
@@ -62,13 +72,11 @@ def search_step(impl, device, unrolled, batch=None, config=None):
     # cuDNN autotunes, as the original sets it, except under deterministic algorithms.
     torch.use_deterministic_algorithms(impl == "fused_deterministic")
     torch.backends.cudnn.benchmark = impl != "fused_deterministic"
-    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=ARGS.momentum,
-                                weight_decay=ARGS.weight_decay)
-    architect = (darts_fast.Architect if fused else reference.Architect)(model, ARGS)
-    g = torch.Generator().manual_seed(1)
-    size = config.get("image", 32)  # CIFAR-10's, except in the test pass
-    x, xv = (torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
-    y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    architect = (darts_fast.Architect if fused else reference.Architect)(model, args)
+    # CIFAR-10's image size, except in the test pass
+    x, y, xv, yv = step_batches(device, batch, config.get("image", 32))
     if fused:
         search = SearchStep(model, architect, optimizer, grad_clip=5, unrolled=unrolled,
                             cuda_graph=impl == "fused_graph")
@@ -130,10 +138,7 @@ def gdas_search_step(impl, device, batch=None, config=None):
     optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=GDAS_ARGS.momentum,
                                 weight_decay=GDAS_ARGS.weight_decay, nesterov=True)
     architect = (darts_fast.Architect if fused else reference.Architect)(model, GDAS_ARGS)
-    g = torch.Generator().manual_seed(1)
-    size = config.get("image", 32)
-    x, xv = (torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2))
-    y, yv = (torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(2))
+    x, y, xv, yv = step_batches(device, batch, config.get("image", 32))
     if fused:
         search = SearchStep(model, architect, optimizer, grad_clip=5, unrolled=False,
                             weights_first=True)

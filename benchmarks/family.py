@@ -25,21 +25,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import types
 
 import torch
-import torch.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import darts_fast  # noqa: E402
 from darts_fast import pc_darts, reference  # noqa: E402
-from cases import gdas_search_step, synchronized  # noqa: E402
-from report import timed_peak, update_results_md  # noqa: E402
+from cases import gdas_search_step, search_step, synchronized  # noqa: E402
+from report import run_child, timed_peak, update_results_md  # noqa: E402
 
-ETA = 0.025
 # The step's network on each device: on the CPU a smaller one than the authors' C=16, 8 layers,
 # batch 256, whose reference steps take minutes there.
 STEP_CONFIG = {"cpu": dict(C=16, layers=5, batch=32), "cuda": dict(C=16, layers=8, batch=256)}
@@ -86,41 +82,13 @@ def pc_mixed_op(impl, device, stride, batch=256):
     def run():
         return torch.autograd.grad(op(x, w), [x, w, *params], g)
 
-    return run
-
-
-def _batches(device, batch, size):
-    g = torch.Generator().manual_seed(1)
-    return [t.to(device) for t in (torch.randn(batch, 3, size, size, generator=g),
-                                   torch.randint(0, 10, (batch,), generator=g),
-                                   torch.randn(batch, 3, size, size, generator=g),
-                                   torch.randint(0, 10, (batch,), generator=g))]
+    return synchronized(run, device)
 
 
 def pc_step(impl, device, unrolled, config):
     """The authors' train_search.py step: architect step, then the weight step (SGD, clip 5)."""
-    torch.manual_seed(0)
-    network = pc_darts.PCNetwork if impl == "fused" else reference.PCNetwork
-    model = network(config["C"], 10, config["layers"], nn.CrossEntropyLoss(), k=4).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), ETA, momentum=PC_ARGS.momentum,
-                                weight_decay=PC_ARGS.weight_decay)
-    data = _batches(device, config["batch"], config.get("image", 32))  # CIFAR-10's size
-    if impl == "fused":
-        step = darts_fast.SearchStep(model, darts_fast.Architect(model, PC_ARGS), optimizer,
-                                     grad_clip=5, unrolled=unrolled, cuda_graph=False)
-        return lambda: step(*data, ETA)[0]
-    architect = reference.Architect(model, PC_ARGS)
-
-    def run():
-        architect.step(*data, ETA, optimizer, unrolled)
-        optimizer.zero_grad()
-        loss = model._loss(data[0], data[1])
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5)
-        optimizer.step()
-        return loss
-
-    return run
+    return search_step(impl, device, unrolled, config=config,
+                       networks=(pc_darts.PCNetwork, reference.PCNetwork), args=PC_ARGS)
 
 
 def build(case, impl, device, config):
@@ -134,7 +102,7 @@ def build(case, impl, device, config):
 def child(spec):
     """One case in this (fresh) process: the timed calls and the peak memory, as JSON."""
     device = torch.device(spec["device"])
-    run = synchronized(build(spec["case"], spec["impl"], device, spec["config"]), device)
+    run = build(spec["case"], spec["impl"], device, spec["config"])  # synchronizing itself
     compiled = spec["impl"] == "compiled_reference"
     if compiled:
         run()  # compiles the forward and the backward
@@ -142,12 +110,6 @@ def child(spec):
     if compiled and device.type == "cpu":
         result["peak_mb"] = None  # the peak resident size is the compiler's, not the calls'
     print(json.dumps(result))
-
-
-def run_child(spec):
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
-                         capture_output=True, text=True, cwd=os.path.dirname(HERE))
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def spread(values, fmt):
@@ -164,7 +126,7 @@ def measure(cases, device, config, repeats, rounds):
             for impl in CASES[case][0]:
                 spec = {"case": case, "impl": impl, "device": str(device), "config": config,
                         "rounds": rounds}
-                results[case][impl].append(run_child(spec))
+                results[case][impl].append(run_child(spec, __file__))
                 print(f"repetition {repetition + 1}/{repeats} {case} {impl}: "
                       f"{results[case][impl][-1]}", file=sys.stderr)
     return results

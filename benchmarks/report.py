@@ -83,8 +83,9 @@ def timed_peak(run, device, repeats):
     return {"seconds": statistics.median(times), "peak_mb": peak}
 
 
-def run_child(spec):
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+def run_child(spec, script=__file__):
+    """``script --child spec`` in a fresh process: what its last line of output says (JSON)."""
+    out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], check=True,
                          capture_output=True, text=True, cwd=os.path.dirname(HERE))
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -64,11 +64,18 @@ inline void check_groups(const char* op, int64_t groups, bool with_rest) {
                         : ": groups > 1 needs rest, the other groups' channels");
 }
 
+// The shape of `y` (N, C, H, W) with `groups` times its channels: the output (groups), rest
+// (groups - 1).
+inline std::vector<int64_t> grouped_shape(const at::Tensor& y, int64_t groups) {
+  std::vector<int64_t> shape = y.sizes().vec();
+  shape[1] *= groups;
+  return shape;
+}
+
 // rest (N, (groups - 1) * C, H, W) beside ys (N, C, H, W).
 inline void check_rest(const char* op, const at::Tensor& rest, const at::Tensor& y0,
                        int64_t groups) {
-  const std::vector<int64_t> shape{y0.size(0), (groups - 1) * y0.size(1), y0.size(2),
-                                   y0.size(3)};
+  const std::vector<int64_t> shape = grouped_shape(y0, groups - 1);
   TORCH_CHECK(rest.sizes() == at::IntArrayRef(shape), op,
               ": rest must have shape [N, (groups - 1) * C, H, W] = ", at::IntArrayRef(shape),
               ", got ", rest.sizes());
@@ -199,9 +206,7 @@ inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::T
   args.shuffle.groups = groups;
   if (rest) args.rest = rest_in_layout(*rest, layout, &args.shuffle);
   const at::ScalarType acc = accumulate_type(ys[0].scalar_type());
-  std::vector<int64_t> out_shape = ys[0].sizes().vec();
-  out_shape[1] *= groups;
-  args.out = at::empty(out_shape, ys[0].options().memory_format(layout));
+  args.out = at::empty(grouped_shape(ys[0], groups), ys[0].options().memory_format(layout));
   args.mean = mean.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   args.invstd = invstd.to(acc, false, true).contiguous();
   args.var = at::zeros_like(args.mean);
@@ -232,8 +237,7 @@ inline BatchNormSumBackward prepare_batch_norm_sum_backward(
   TORCH_CHECK(!rest_need_grad || groups > 1, op, ": rest_need_grad needs groups >= 2");
   TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
               c10::DeviceTypeName(device_type), " tensors");
-  std::vector<int64_t> out_shape = ys[0].sizes().vec();
-  out_shape[1] *= groups;
+  const std::vector<int64_t> out_shape = grouped_shape(ys[0], groups);
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape) &&
                   grad.scalar_type() == ys[0].scalar_type() && grad.device() == ys[0].device(),
               op, ": grad must have the dtype and device of ys and the output's shape (",
@@ -256,8 +260,7 @@ inline BatchNormSumBackward prepare_batch_norm_sum_backward(
                                         : at::empty({0}, weights.options());
   args.shuffle.groups = groups;
   if (rest_need_grad) {
-    std::vector<int64_t> rest_shape = ys[0].sizes().vec();
-    rest_shape[1] *= groups - 1;
+    const std::vector<int64_t> rest_shape = grouped_shape(ys[0], groups - 1);
     args.grad_rest = at::empty(rest_shape, ys[0].options().memory_format(layout));
     args.shuffle.rest_outer = rest_shape[1] * args.geo.inner;
     args.shuffle.rest_channel = args.geo.inner;

@@ -130,9 +130,9 @@ def batch_norm_weighted_sum(ys: Sequence[torch.Tensor], weights: torch.Tensor,
     ``out`` is :math:`s`; with ``rest`` (N, (groups - 1) C, H, W) and ``groups`` >= 2 it is
     PC-DARTS' partial-channel output: ``cat([s, rest], 1)`` shuffled in ``groups`` groups (the
     authors' view-transpose-view), concatenated channel :math:`gC + c` on channel
-    :math:`c \cdot groups + g`. The kernel
-    writes :math:`s` straight into its channels and copies ``rest`` into the others; the
-    backward reads the gradient in place (no concatenated or shuffled intermediate).
+    :math:`c \cdot groups + g`. The kernel writes :math:`s` straight into its channels and
+    copies ``rest`` into the others; the backward reads the gradient in place (no concatenated
+    or shuffled intermediate).
 
     Returns ``(out, mean, invstd, var)``: the statistics used, and the biased batch variance of
     the batch rows (zero elsewhere) for the running-statistics update; [K, C], float32 (float64
@@ -173,7 +173,9 @@ def _check_batch_norm_sum(op, ys, weights, mean, invstd, batch_stats):
                          f"{len(batch_stats)}")
 
 
-def _output_shape(y, groups):
+def _grouped_shape(y, groups):
+    """The shape of ``y`` (N, C, H, W) with ``groups`` times its channels: the output (groups),
+    rest (groups - 1)."""
     n, c, h, w = y.shape
     return (n, c * groups, h, w)
 
@@ -184,7 +186,7 @@ def _check_rest(op, y, rest, groups):
                  lambda: f"{op}: rest needs groups >= 2 and groups > 1 needs rest, got groups="
                          f"{groups} {'with' if rest is not None else 'without'} rest")
     if rest is not None:
-        shape = (y.shape[0], (groups - 1) * y.shape[1], *y.shape[2:])
+        shape = _grouped_shape(y, groups - 1)
         torch._check(rest.shape == shape,
                      lambda: f"{op}: rest must have shape [N, (groups - 1) * C, H, W] = "
                              f"{list(shape)}, got {list(rest.shape)}")
@@ -216,7 +218,7 @@ def _batch_norm_weighted_sum_fake(ys, weights, mean, invstd, batch_stats, eps, r
     _check_rest(op, ys[0], rest, groups)
     stats = [ys[0].new_empty((len(ys), ys[0].shape[1]), dtype=statistics_dtype(ys[0].dtype))
              for _ in range(3)]
-    out = ys[0].new_empty(_output_shape(ys[0], groups)).to(memory_format=dense_layout(ys[0]))
+    out = ys[0].new_empty(_grouped_shape(ys[0], groups)).to(memory_format=dense_layout(ys[0]))
     return (out, *stats)
 
 
@@ -227,7 +229,7 @@ def _batch_norm_weighted_sum_backward_fake(grad, ys, weights, mean, invstd, batc
     op = "batch_norm_weighted_sum_backward"
     _check_batch_norm_sum(op, ys, weights, mean, invstd, batch_stats)
     torch._check(groups >= 1, lambda: f"{op}: groups must be >= 1, got {groups}")
-    shape = _output_shape(ys[0], groups)
+    shape = _grouped_shape(ys[0], groups)
     torch._check(grad.shape == shape,
                  lambda: f"{op}: grad has shape {tuple(grad.shape)} but the output has shape "
                          f"{shape}")
@@ -235,7 +237,7 @@ def _batch_norm_weighted_sum_backward_fake(grad, ys, weights, mean, invstd, batc
     grad_ys = [torch.empty_like(ys[0], memory_format=layout) for need in ys_need_grad if need]
     grad_rest = ys[0].new_empty((0,))
     if rest_need_grad:
-        grad_rest = ys[0].new_empty(_output_shape(ys[0], groups - 1)).to(memory_format=layout)
+        grad_rest = ys[0].new_empty(_grouped_shape(ys[0], groups - 1)).to(memory_format=layout)
     return grad_ys, weights.new_empty((len(ys),) if weights_need_grad else (0,)), grad_rest
 
 

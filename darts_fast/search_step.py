@@ -102,36 +102,40 @@ class SearchStep:
         if graph is not None and graph.rates == rates:
             return graph.replay(inputs, self._lr, lr)
         if graph is not None or (self._calls.get(signature, 0) >= self.warmup
-                                 and not self._creates_state()):
+                                 and not self._stateless()):
             self._graphs = {s: g for s, g in self._graphs.items() if g.rates == rates}
             self._graphs[signature] = _Graph(self, inputs, rates)
             return self._graphs[signature].replay(inputs, self._lr, lr)
         self._calls[signature] = self._calls.get(signature, 0) + 1
         return _on_side_stream(lambda: self._step(*inputs, lr))
 
-    def _creates_state(self):
-        return any(not self.optimizer.state.get(p) for p in self._params())
+    def _stateless(self):
+        """The weights without optimizer state yet: the next weight step creates theirs."""
+        return [p for p in self._params() if not self.optimizer.state.get(p)]
 
     def _params(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _step(self, input_train, target_train, input_valid, target_valid, lr):
         self.model.train()
-        arch_step = self.architect is not None
-        if arch_step and not self.weights_first:
-            self.architect.step(input_train, target_train, input_valid, target_valid, lr,
-                                self.optimizer, unrolled=self.unrolled)
+
+        def architecture_step():
+            if self.architect is not None:
+                self.architect.step(input_train, target_train, input_valid, target_valid, lr,
+                                    self.optimizer, unrolled=self.unrolled)
+
+        if not self.weights_first:
+            architecture_step()
         outputs = self._weight_step(input_train, target_train)
-        if arch_step and self.weights_first:
-            self.architect.step(input_train, target_train, input_valid, target_valid, lr,
-                                self.optimizer, unrolled=self.unrolled)
+        if self.weights_first:
+            architecture_step()
         return outputs
 
     def _weight_step(self, x, y):
         model, optimizer = self.model, self.optimizer
         params = self._params()
         buffers = list(model.buffers())
-        stateless = [p for p in params if not optimizer.state.get(p)]
+        stateless = self._stateless()
         changed = params + buffers + state_tensors(optimizer, params)
         self._saved = copy_into(self._saved, changed)
         optimizer.zero_grad()

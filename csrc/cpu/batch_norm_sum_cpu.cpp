@@ -49,6 +49,13 @@ struct Positions {
     for (size_t p = 0; p < channel.size(); ++p) out[p] = per_channel[channel[p]];
     return out;
   }
+  // of() for each of the `rows` rows of C coefficients at `per_row_channel`.
+  template <typename T>
+  std::vector<std::vector<T>> of_rows(const T* per_row_channel, int64_t rows) const {
+    std::vector<std::vector<T>> out(rows);
+    for (int64_t r = 0; r < rows; ++r) out[r] = of(per_row_channel + r * C);
+    return out;
+  }
 };
 
 // f(p, j) for every element j of `rows` consecutive rows (j counted from the first), p its
@@ -208,8 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
       });
       std::vector<double> mu(B * C);
       for (int64_t j = 0; j < B * C; ++j) mu[j] = sums[j] / count;
-      std::vector<std::vector<double>> mu_at(B);
-      for (int64_t b = 0; b < B; ++b) mu_at[b] = pos.of(mu.data() + b * C);
+      const std::vector<std::vector<double>> mu_at = pos.of_rows(mu.data(), B);
       const std::vector<double> squares = channel_sums(geo, B, [&](int64_t first, int64_t rows,
                                                                    double* acc) {
         for (int64_t b = 0; b < B; ++b) {
@@ -231,11 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
       }
     }
     const acc_t* w = args.weights.const_data_ptr<acc_t>();
-    std::vector<std::vector<acc_t>> mean_at(K), invstd_at(K);
-    for (int64_t k = 0; k < K; ++k) {
-      mean_at[k] = pos.of(mean_p + k * C);
-      invstd_at[k] = pos.of(invstd_p + k * C);
-    }
+    const std::vector<std::vector<acc_t>> mean_at = pos.of_rows(mean_p, K);
+    const std::vector<std::vector<acc_t>> invstd_at = pos.of_rows(invstd_p, K);
     scalar_t* out = args.out.mutable_data_ptr<scalar_t>();
     const scalar_t* rest_p = args.rest.defined() ? args.rest.const_data_ptr<scalar_t>() : nullptr;
     const ShuffledRows at(geo, shuffle);
@@ -320,11 +323,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> batch_norm_weighted_
     const acc_t* mean_p = args.mean.const_data_ptr<acc_t>();
     const acc_t* invstd_p = args.invstd.const_data_ptr<acc_t>();
     const acc_t* w = args.weights.const_data_ptr<acc_t>();
-    std::vector<std::vector<acc_t>> mean_at(K), invstd_at(K);
-    for (int64_t k = 0; k < K; ++k) {
-      mean_at[k] = pos.of(mean_p + k * C);
-      invstd_at[k] = pos.of(invstd_p + k * C);
-    }
+    const std::vector<std::vector<acc_t>> mean_at = pos.of_rows(mean_p, K);
+    const std::vector<std::vector<acc_t>> invstd_at = pos.of_rows(invstd_p, K);
     // Terms 0..K-1: S_k; term K: S_g = sum g.
     const std::vector<double> sums = channel_sums(geo, K + 1, [&](int64_t first, int64_t rows,
                                                                   double* acc) {
@@ -363,8 +363,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> batch_norm_weighted_
     for (int64_t c = 0; c < C; ++c) mean_g[c] = static_cast<acc_t>(sums[K * C + c] / count);
     for (int64_t kc = 0; kc < K * C; ++kc) mean_g_yhat[kc] = static_cast<acc_t>(sums[kc] / count);
     const std::vector<acc_t> mean_g_at = pos.of(mean_g.data());
-    std::vector<std::vector<acc_t>> mean_g_yhat_at(K);
-    for (int64_t k = 0; k < K; ++k) mean_g_yhat_at[k] = pos.of(mean_g_yhat.data() + k * C);
+    const std::vector<std::vector<acc_t>> mean_g_yhat_at = pos.of_rows(mean_g_yhat.data(), K);
     parallel_over_blocks(geo, [&](int64_t, int64_t first, int64_t rows) {
       const int64_t offset = first * C * inner;
       std::vector<scalar_t> buffer;

@@ -22,3 +22,8 @@ class FollowerStopped(Exception):
     def __init__(self, code):
         super().__init__(code)
         self.code = code
+
+
+def first_line(error):
+    """The first line of ``error``'s message (its class name when it has none)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

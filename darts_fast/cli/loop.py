@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, visualize
-from .errors import Diverged, FollowerStopped, RankFailure, UsageError
+from .errors import Diverged, FollowerStopped, RankFailure, UsageError, first_line
 from .ranks import Ranks, Terminated
 from .report import Meter, Progress, RunLog
 from .run_dir import RESUMABLE, RunDir, RunDirError, stored_options
@@ -243,7 +243,7 @@ def _signal_name(e):
 
 
 def _lost(job, folder, error):
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    first = first_line(error).split(". ")[0]
     kept = (f"epoch {folder.checkpoint_epoch} is checkpointed: continue with {_command(job)} "
             f"--resume {folder.path}" if folder and folder.checkpoint_epoch else
             "no epoch had been checkpointed" if folder else "rank 0 keeps the last checkpoint")
@@ -262,9 +262,8 @@ def _restore(job, state):
         job.scheduler.load_state_dict(state["scheduler"])
         job.restore_extra(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise RunDirError(f"the checkpoint does not fit the model its configuration builds "
-                          f"({first}); refusing to resume") from None
+                          f"({first_line(e)}); refusing to resume") from None
     _stretch_schedule(job.scheduler, job.options.epochs)
     ranks = job.ranks
     if ranks.distributed:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 _ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -119,9 +119,8 @@ def start(options, default_device):
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=options.dist_timeout),
                                 **({"device_id": device} if use_cuda else {}))
     except (RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"rank {rank} could not join the other {world - 1} rank(s) ({first})") \
-            from None
+        raise UsageError(f"rank {rank} could not join the other {world - 1} rank(s) "
+                         f"({first_line(e)})") from None
     signal.signal(signal.SIGTERM, _terminate)
     return Ranks(rank, world, dist.group.WORLD, backend), device
 

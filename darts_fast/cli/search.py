@@ -40,6 +40,9 @@ METHOD_DEFAULTS = {
              "weight_decay": 5e-4, "nesterov": True, "epochs": 250, "arch_learning_rate": 3e-4,
              "arch_start_epoch": 0, "tau_max": 10.0, "tau_min": 0.1},
 }
+# Each method's network: (darts_fast's, its authors' formulation for --reference).
+NETWORKS = {"darts": (Network, reference.Network), "pc-darts": (PCNetwork, reference.PCNetwork),
+            "gdas": (GDASNetwork, reference.GDASNetwork)}
 # The options of one method only.
 METHOD_OPTIONS = {"partial_channels": "pc-darts", "tau_max": "gdas", "tau_min": "gdas"}
 
@@ -100,15 +103,12 @@ def run(options):
 
 def _job(options, images, labels, split, ranks, device):
     loop.seed_everything(options.seed)  # the same seed everywhere: the same model on every rank
-    network, architect = (reference.Network, reference.Architect) if options.reference else \
-        (Network, Architect)
+    network = NETWORKS[options.method][options.reference]
+    architect = reference.Architect if options.reference else Architect
     criterion = nn.CrossEntropyLoss()
     built = {"recompute": options.recompute}
     if options.method == "pc-darts":
-        network = reference.PCNetwork if options.reference else PCNetwork
         built["k"] = options.partial_channels
-    if options.method == "gdas":
-        network = reference.GDASNetwork if options.reference else GDASNetwork
     if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
         built["fold_batch_norm"] = False
     model = network(options.init_channels, data.NUM_CLASSES, options.layers, criterion,
