@@ -13,6 +13,7 @@ import itertools
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import depthwise
 
@@ -125,7 +126,16 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halves the resolution with two offset 1x1 stride-2 convs, concatenated on channels."""
+    """Halves the resolution with two offset 1x1 stride-2 convs, concatenated on channels.
+
+    Each is computed as a stride-1 1x1 convolution of the subsampled input,
+    ``conv_1.weight * x[:, :, ::2, ::2]`` and ``conv_2.weight * x[:, :, 1::2, 1::2]``: the
+    original's numbers (``conv_2`` reads ``x[:, :, 1:, 1:]`` at stride 2, the same pixels), with
+    ``conv_1``/``conv_2`` kept as modules for their parameters. The stride-2 form is avoided
+    because oneDNN's AVX2 weight gradient of a strided 1x1 convolution overruns its workspace on
+    channels_last inputs with fewer channels than its block (uxlfoundation/oneDNN#6035): a hang,
+    a corrupted heap or wrong weight gradients on AMD and older Intel CPUs.
+    """
 
     def __init__(self, C_in, C_out, affine=True):
         super().__init__()
@@ -144,7 +154,8 @@ class FactorizedReduce(nn.Module):
 
     def features_from_relu(self, relu_x):
         """What enters the final BatchNorm."""
-        return torch.cat([self.conv_1(relu_x), self.conv_2(relu_x[:, :, 1:, 1:])], dim=1)
+        return torch.cat([F.conv2d(relu_x[:, :, ::2, ::2], self.conv_1.weight),
+                          F.conv2d(relu_x[:, :, 1::2, 1::2], self.conv_2.weight)], dim=1)
 
     @property
     def final_batch_norm(self):
