@@ -6,6 +6,9 @@ The extension is built against the torch that is already installed, so install w
 Environment switches:
   FORCE_CUDA=1        build the CUDA kernels even when no GPU is visible (needs nvcc / CUDA_HOME)
   DARTS_FAST_CPU_ONLY=1  build the CPU kernels only, even when CUDA is available
+  DARTS_FAST_SANITIZE=1  build the CPU kernels only, instrumented with AddressSanitizer and
+                         UndefinedBehaviorSanitizer (any finding aborts); load it into a process
+                         that preloads the sanitizer runtimes, as .ci/run does
   TORCH_CUDA_ARCH_LIST   the usual torch variable; with no GPU visible it defaults to
                          "8.0;9.0+PTX" (machine code for A100 and H100/H200, and PTX of the
                          highest that newer GPUs compile at load, as torch's own default does)
@@ -33,7 +36,7 @@ def _flag(name):
 
 
 def _want_cuda():
-    if _flag("DARTS_FAST_CPU_ONLY"):
+    if _flag("DARTS_FAST_CPU_ONLY") or _flag("DARTS_FAST_SANITIZE"):
         return False
     have_toolkit = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if _flag("FORCE_CUDA"):
@@ -53,10 +56,12 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -g0: Python's CFLAGS carry -g, which doubles compile time and bloats the module.
     cxx = ["-O3", "-g0", "-fopenmp"]
-    kwargs = dict(
-        include_dirs=[os.path.join(root, "csrc")],
-        extra_link_args=["-fopenmp"],
-    )
+    link = ["-fopenmp"]
+    if _flag("DARTS_FAST_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fopenmp"] + sanitize
+        link += sanitize
+    kwargs = dict(include_dirs=[os.path.join(root, "csrc")], extra_link_args=link)
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
