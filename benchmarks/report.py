@@ -83,10 +83,11 @@ def timed_peak(run, device, repeats):
     return {"seconds": statistics.median(times), "peak_mb": peak}
 
 
-def run_child(spec, script=__file__):
-    """``script --child spec`` in a fresh process: what its last line of output says (JSON)."""
+def run_child(spec, script=__file__, env=None):
+    """``script --child spec`` in a fresh process (with the environment ``env``, default this
+    one's): what its last line of output says (JSON)."""
     out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], check=True,
-                         capture_output=True, text=True, cwd=os.path.dirname(HERE))
+                         capture_output=True, text=True, cwd=os.path.dirname(HERE), env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

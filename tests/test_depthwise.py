@@ -27,6 +27,26 @@ def test_gradcheck_and_gradgradcheck(C, k, s, p, d, H, layout):
     assert torch.autograd.gradgradcheck(fn, (x, conv.weight))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("k,p,d,H,W", [(3, 2, 2, 8, 12), (5, 4, 2, 16, 8), (3, 3, 3, 9, 6),
+                                       (3, 0, 2, 8, 8), (3, 2, 2, 7, 8), (3, 1, 2, 8, 8)])
+def test_dilated_weight_gradient_over_parity_components(k, p, d, H, W, layout):
+    """At stride 1 with padding and sizes that are multiples of the dilation, the weight gradient
+    is taken over the pixel-parity components; elsewhere (odd size, padding 1 with dilation 2)
+    by the backend: the same as the module's, in float64."""
+    conv = nn.Conv2d(3, 3, k, 1, p, d, groups=3, bias=False).double()
+    x = torch.randn(2, 3, H, W, dtype=torch.float64).contiguous(memory_format=layout)
+    g = torch.randn(conv(x).shape, dtype=torch.float64).contiguous(memory_format=layout)
+    expected = torch.autograd.grad(conv(x), conv.weight, g)[0]
+    got = depthwise._weight_grad(g, x, conv.weight, conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    w = conv.weight.detach().requires_grad_()
+    xs = x[:1, :1].detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x, w: depthwise._DepthwiseConv2d.apply(x, w, conv.stride, conv.padding,
+                                                      conv.dilation), (xs, w[:1]))
+
+
 def test_matches_module_gradients_in_float32():
     conv = nn.Conv2d(16, 16, 5, 2, 4, 2, groups=16, bias=False)
     x = torch.randn(8, 16, 32, 32, requires_grad=True)
