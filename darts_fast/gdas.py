@@ -12,8 +12,9 @@ temperature :math:`\tau`:
 
 The edge computes candidate :math:`i` alone and returns :math:`h_i\, o_i(x)`: :math:`h_i` is 1
 in value and has the gradient of :math:`p_i`, through which every alpha of the edge learns. A draw
-whose noise or probabilities are not finite is drawn again, as the authors do. :math:`\tau` falls
-linearly over the epochs (``tau_at``).
+whose noise or probabilities are not finite is drawn again, as the authors do, but not forever:
+a temperature the alphas' dtype cannot carry is refused (``check_tau``) and ``MAX_REDRAWS``
+redraws in a row end in an error. :math:`\tau` falls linearly over the epochs (``tau_at``).
 
 As the authors wrote it: the sampling and its use of the global random stream (the normal draw,
 then the reduction draw, retries included: one seed gives the same candidates), the edge's
@@ -48,6 +49,7 @@ The search step is GDAS' order: the weight step first, then the first-order arch
 the validation batch, each pass with its own draw (``SearchStep(..., weights_first=True,
 unrolled=False)`` with ``darts_fast.Architect``: Adam with betas (0.5, 0.999) on the alphas).
 """
+import itertools
 import math
 
 import torch
@@ -55,6 +57,29 @@ import torch.nn.functional as F
 
 from .genotypes import PRIMITIVES, Genotype
 from .search_model import Network
+
+# Draws redrawn in a row before the sampling gives up. A draw of finite alphas is redrawn when an
+# exponential draw is exactly 0 (rare: about one draw in 1e5 in float32) or when the logits
+# divided by tau overflow, which every later draw repeats: so many are never redrawn by chance.
+MAX_REDRAWS = 100
+
+
+def tau_limits(dtype):
+    """The temperatures that ``dtype`` carries: its smallest normal number to its largest. A
+    smaller tau rounds to a subnormal or 0 and the logits divided by it overflow (every draw
+    would be redrawn); a larger one rounds to inf (every draw would be uniform)."""
+    info = torch.finfo(dtype)
+    return info.tiny, info.max
+
+
+def check_tau(tau, dtype):
+    """Refuses a temperature that is not a number the alphas' ``dtype`` carries."""
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"GDASNetwork: tau must be a finite number > 0, got {tau!r}")
+    low, high = tau_limits(dtype)
+    if not low <= tau <= high:
+        raise ValueError(f"GDASNetwork: tau {tau:g} is outside what the alphas' {dtype} carries "
+                         f"({low:g} to {high:g})")
 
 
 def tau_at(epoch, epochs, tau_max=10.0, tau_min=0.1):
@@ -102,8 +127,7 @@ class GDASNetwork(Network):
     def sample(self):
         """One draw for the normal cells, then one for the reduction cells:
         ``((hard weights, indices), (hard weights, indices))``, the indices a list of ints."""
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"GDASNetwork: tau must be a finite number > 0, got {self.tau!r}")
+        check_tau(self.tau, self.alphas_normal.dtype)
         alphas = (self.alphas_normal, self.alphas_reduce)
         noise = [gumbel_noise(a) for a in alphas]
         draws = [hard_sample(a, g, self.tau) for a, g in zip(alphas, noise)]
@@ -119,7 +143,7 @@ class GDASNetwork(Network):
         the normal alphas until one is kept, then to the reduction alphas."""
         noise, sampled = iter(noise), []
         for alphas in (self.alphas_normal, self.alphas_reduce):
-            while True:
+            for redraws in itertools.count():
                 gumbels = next(noise, None)
                 if gumbels is None:
                     gumbels = gumbel_noise(alphas)
@@ -128,6 +152,11 @@ class GDASNetwork(Network):
                     break
                 if not bool(torch.isfinite(alphas).all()):  # every draw would be redrawn
                     raise ValueError("GDASNetwork: the alphas are not finite")
+                if redraws == MAX_REDRAWS:
+                    raise RuntimeError(
+                        f"GDASNetwork: {MAX_REDRAWS + 1} draws in a row held inf or nan with "
+                        f"finite alphas at tau {self.tau:g}: the logits divided by tau overflow "
+                        f"{alphas.dtype}; raise tau")
             sampled.append((hardwts, index.view(-1).tolist()))
         return tuple(sampled)
 

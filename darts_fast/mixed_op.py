@@ -95,6 +95,9 @@ class MixedOp(nn.Module):
     def _mix(self, x, weights, ks, rest=None, groups=1):
         """``sum_j weights[j] * op_ks[j](x)``; with ``rest`` (PC-DARTS), that sum concatenated
         with ``rest`` and shuffled in ``groups`` groups, in the same kernel."""
+        # The kernels take one dtype; the original's w * op(x) computes in x's (0-dim weights do
+        # not promote), so weights of another dtype (float32 under autocast) are cast as there.
+        weights = weights.to(x.dtype)
         relu_x = F.relu(x) if any(self._from_relu[k] for k in ks) else None
         if self.fold_batch_norm and any(self._folds[k] for k in ks):
             return self._mix_folded(x, relu_x, weights, ks, rest, groups)
@@ -167,7 +170,9 @@ def _fold_kind(op):
 
 
 def _check_batch_size(y):
-    if y.numel() // y.shape[1] <= 1:  # nn.BatchNorm2d's check, with its message
+    # nn.BatchNorm2d's check, with its message: one value per channel has no variance. An empty
+    # batch passes, as there: its output is empty and the running statistics stay.
+    if y.numel() // y.shape[1] == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(y.shape)}")
 
@@ -194,6 +199,8 @@ def _update_running_stats(bns, means, variances, n):
     cumulative average); a few multi-tensor ops for all the candidates of the mixed op. ``means``
     and ``variances``: one [C] tensor per BatchNorm (biased variances)."""
     torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+    if n == 0:  # an empty batch is counted but has no statistics, as in nn.BatchNorm2d
+        return
     factors = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
                for bn in bns]
     unbiased = torch._foreach_mul(list(variances), n / (n - 1))

@@ -8,6 +8,7 @@ states are stored as tensors and plain numbers, so nothing needs unpickling beyo
 ``weights_only`` allows.
 """
 import hashlib
+import io
 import random
 
 import numpy as np
@@ -21,7 +22,12 @@ class CheckpointError(ValueError):
 
 
 def serialize(state, f):
-    torch.save({"format": FORMAT, "sha256": digest(state), "state": state}, f)
+    """Writes the checkpoint of ``state`` to the binary file ``f``."""
+    # Serialised in memory first: torch.save turns a failed write of ``f`` (a full disk) into a
+    # RuntimeError that names no cause, where one plain write raises the OSError that does.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "sha256": digest(state), "state": state}, buffer)
+    f.write(buffer.getbuffer())
 
 
 def load(path):

@@ -12,8 +12,13 @@ class Diverged(RuntimeError):
 
 
 class RankFailure(RuntimeError):
-    """A collective operation of a run on several processes failed (another rank died or hung):
-    one line and exit 1, the last checkpoint kept."""
+    """A run on several processes lost a rank: a collective operation failed (another rank died
+    or hung; exit 1), or torchrun stopped this rank with SIGTERM because another one failed
+    (exit 143). One line, the last checkpoint kept."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
 
 
 class FollowerStopped(Exception):

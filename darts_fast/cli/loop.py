@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import random
+import shlex
 import time
 
 import numpy as np
@@ -20,13 +21,24 @@ import torch
 
 from . import checkpoint, visualize
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError, first_line
-from .ranks import Ranks, Terminated
-from .report import Meter, Progress, RunLog
-from .run_dir import RESUMABLE, RunDir, RunDirError, stored_options
+from .ranks import TERMINATED, Ranks, Terminated, error_text
+from .report import Meter, Progress, RunLog, oversubscription
+from .run_dir import RESUMABLE, RunDir, RunDirError, stored_option, stored_options
 
 
 def auto_device(options):
     return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def batches_of(batch_size, images, ranks=None):
+    """'of 8 per process': the batch size used on splits of ``images`` images, each dealt over
+    the ranks; a split smaller than --batch_size is one smaller batch, and the text says so."""
+    distributed = ranks is not None and ranks.distributed
+    dealt = [math.ceil(n / ranks.world) for n in images] if distributed else images
+    used = list(dict.fromkeys(min(batch_size, n) for n in dealt))
+    clamped = "" if used == [batch_size] else \
+        f"; --batch_size {batch_size} clamped to the images a split holds"
+    return f"of {' and '.join(map(str, used))}{' per process' if distributed else ''}{clamped}"
 
 
 def seed_everything(seed):
@@ -95,10 +107,23 @@ class Job:
         done = epoch >= self.options.epochs
         lines = [f"\n{self.finished if done else f'stopped after epoch {epoch}'}: {run.path}",
                  *self.output_lines(run),
-                 f"metrics:   {run.file('metrics.csv')}; tensorboard --logdir {run.path}"]
+                 f"metrics:   {run.file('metrics.csv')}; "
+                 f"{shlex.join(['tensorboard', '--logdir', run.path])}"]
         if not done:
-            lines.append(f"continue:  darts-fast {self.command} --resume {run.path}")
+            lines.append(f"continue:  {_resume_command(self, run.path)}")
         return "\n  ".join(lines)
+
+
+@contextlib.contextmanager
+def cpu_threads(count):
+    """torch's CPU operations on ``count`` threads for the duration (on the CPU the numbers
+    depend on the count: a reduction split over other threads sums in another order)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @contextlib.contextmanager
@@ -133,31 +158,38 @@ def _run(job):
     try:
         folder, state, rows, behind = _open(job)
         start = state["epoch"] if state else 0
+        ranks.checkpointed = start
         if not ranks.leader:
             _restore(job, state)  # rank 0 restored its job while opening the folder
         else:
-            log = RunLog(folder, job.command, start)
+            # The events of the epochs this process writes again replace those left behind.
+            log = RunLog(folder, job.command, start if behind else start + 1)
             if behind:  # a kill cut the checkpointed epoch's outputs short
                 _write_outputs(job, folder, log, start, rows)
-            log.info(f"{job.describe()}; run folder {folder.path}"
+            threads = job.options.threads
+            log.info(f"{job.describe()}; {threads} CPU thread{'s' if threads > 1 else ''}; "
+                     f"run folder {folder.path}"
                      + (f"; resuming after epoch {start}" if start else ""))
+            change = _thread_change(job, state) if state is not None else None
+            if change:
+                log.info(change)
         last = _epochs(job, folder, log, start, rows)
     except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            raise _failure(job, folder, log, e) from None
         if folder is None:
             raise
         done = folder.checkpoint_epoch
-        _info(log, f"{_signal_name(e)}; {f'epoch {done} is checkpointed: ' if done else ''}"
-                   f"continue with {_command(job)} --resume {folder.path}")
-        return 143 if isinstance(e, Terminated) else 130
+        _info(log, f"interrupted; {f'epoch {done} is checkpointed: ' if done else ''}"
+                   f"continue with {_resume_command(job, folder.path)}")
+        return 130
     except Diverged as e:
         _info(log, f"stopped: {e}")
         raise
     except RuntimeError as e:
         if not ranks.distributed:
             raise
-        failure = RankFailure(_lost(job, folder, e))
-        _info(log, f"stopped: {failure}")
-        raise failure from None
+        raise _failure(job, folder, log, e) from None
     finally:
         if log:
             log.close()
@@ -206,6 +238,7 @@ def _open_folder(job):
                                if options.resume else (None, [], False))
         if state is not None:
             _check_processes(state, job.ranks, folder.path)
+            _check_threads(job, state, folder.path)
             if state["epoch"] > options.epochs:
                 raise RunDirError(f"--epochs {options.epochs}: the run in {folder.path!r} has "
                                   f"already done {state['epoch']} epochs")
@@ -227,6 +260,35 @@ def _check_processes(state, ranks, where):
                           f"number of processes would deal other shards)")
 
 
+def _check_threads(job, state, where):
+    """On the CPU a run resumes on the thread count its checkpoint was computed on, or with
+    --allow_thread_change: another count sums in another order, and the numbers would differ
+    from a run never stopped. On CUDA the count is recorded but not checked (the GPU's numbers
+    do not depend on it)."""
+    made, now = stored_option(state["options"], "threads"), job.options.threads
+    if job.device.type != "cpu" or made in (None, now) or job.options.allow_thread_change:
+        return
+    raise RunDirError(f"the run in {where!r} was computed on {made} CPU thread(s) and this "
+                      f"process would use {now}: the numbers would differ from a run never "
+                      f"stopped; resume with --threads {made} to continue it bit for bit, or add "
+                      f"--allow_thread_change to continue on {now}")
+
+
+def _thread_change(job, state):
+    """The log line of a resumed CPU run on another (or an unrecorded) thread count; None when
+    the count is the checkpoint's."""
+    made, now = stored_option(state["options"], "threads"), job.options.threads
+    if job.device.type != "cpu" or made == now:
+        return None
+    if made is None:
+        return (f"the checkpoint does not record its CPU thread count (an earlier darts-fast "
+                f"made it): resuming on {now}; on another count than it ran on, the numbers "
+                f"differ from a run never stopped")
+    return (f"--allow_thread_change: the checkpoint of epoch {state['epoch']} was computed on "
+            f"{made} CPU thread(s), the epochs from now on run on {now}: the numbers differ from "
+            f"a run never stopped")
+
+
 def _info(log, message):
     """A log line from rank 0 (the other ranks have no log)."""
     if log:
@@ -237,18 +299,39 @@ def _command(job):
     return ("torchrun ... " if job.ranks.distributed else "") + f"darts-fast {job.command}"
 
 
-def _signal_name(e):
-    return "terminated (SIGTERM; torchrun stops every rank when one fails)" \
-        if isinstance(e, Terminated) else "interrupted"
+def _resume_command(job, path):
+    """The command that continues the run in ``path``, quoted for a shell; on the CPU with the
+    run's thread count, which another default count would not resume on."""
+    threads = f" --threads {job.options.threads}" if job.device.type == "cpu" else ""
+    return f"{_command(job)} --resume {shlex.quote(path)}{threads}"
+
+
+def _failure(job, folder, log, error):
+    """The RankFailure that ends this rank after ``error`` (torchrun's SIGTERM, or a failed
+    operation across the ranks): main prints it, with the rank; rank 0's log file keeps it too."""
+    job.ranks.stop()
+    failure = RankFailure(_lost(job, folder, error), 143 if isinstance(error, Terminated) else 1)
+    if log:
+        log.to_file(f"stopped: {failure}")
+    return failure
 
 
 def _lost(job, folder, error):
-    first = first_line(error).split(". ")[0]
-    kept = (f"epoch {folder.checkpoint_epoch} is checkpointed: continue with {_command(job)} "
-            f"--resume {folder.path}" if folder and folder.checkpoint_epoch else
-            "no epoch had been checkpointed" if folder else "rank 0 keeps the last checkpoint")
-    return (f"an operation across the ranks failed: another rank has probably stopped, or hung "
-            f"past --dist_timeout ({type(error).__name__}: {first[:300]}); {kept}")
+    what = TERMINATED if isinstance(error, Terminated) else (
+        f"an operation across the ranks failed: another rank has probably stopped, or hung past "
+        f"--dist_timeout ({error_text(error)})")
+    # Rank 0 knows its folder; the others know the last epoch rank 0 said it had checkpointed
+    # (None: rank 0 had not handed over the run's state yet).
+    done = folder.checkpoint_epoch if folder else job.ranks.checkpointed
+    if done is None:
+        kept = "rank 0 keeps the last checkpoint"
+    elif not done:
+        kept = "no epoch had been checkpointed"
+    elif folder:
+        kept = f"epoch {done} is checkpointed: continue with {_resume_command(job, folder.path)}"
+    else:
+        kept = f"epoch {done} is checkpointed in rank 0's run folder: --resume continues from it"
+    return f"{what}; {kept}"
 
 
 def _restore(job, state):
@@ -295,7 +378,7 @@ def _epochs(job, folder, log, start, rows):
     options, ranks = job.options, job.ranks
     last = min(options.epochs, options.stop_after_epoch or options.epochs)
     for epoch in range(start, last):
-        epoch_start = time.time()
+        epoch_start, cpu_start = time.time(), time.process_time()
         lr = job.scheduler.get_last_lr()[0]
         job.begin_epoch(epoch)
         meter = Meter(skip_non_finite=True, device=job.device)
@@ -332,6 +415,7 @@ def _epochs(job, folder, log, start, rows):
         buffers = ranks.gather({n: b.cpu() for n, b in job.model.named_buffers()}) \
             if ranks.distributed else None
         if not ranks.leader:
+            ranks.checkpoint_written(epoch + 1)
             continue
         folder.save_checkpoint({
             "command": job.command, "run_id": folder.config["run_id"],
@@ -341,12 +425,18 @@ def _epochs(job, folder, log, start, rows):
             "rng": rng[0], **({"processes": ranks.world, "rng_ranks": rng,
                                "buffers_ranks": buffers} if ranks.distributed else {}),
         })
+        ranks.checkpoint_written(epoch + 1)
         _write_outputs(job, folder, log, epoch + 1, rows)
         log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
                  f"acc {train_acc:.1f}% | valid loss {valid_loss:.3f} acc {valid_acc:.1f}% | "
                  f"{rows[-1]['seconds']} s" + "".join(
                      f" | {n} {kind} step{'s' if n > 1 else ''} skipped (not finite)"
                      for kind, n in skipped.items() if n))
+        if epoch == start and job.device.type == "cpu":  # once, from a whole epoch's figures
+            warning = oversubscription(options.threads, time.process_time() - cpu_start,
+                                       time.time() - epoch_start)
+            if warning:
+                log.info(warning)
     return last
 
 

@@ -1,21 +1,39 @@
 """``darts-fast search`` (the original ``train_search.py``) and ``darts-fast train`` (the original
-``train.py``): the options, their checks, and the exit codes (0 done, 1 diverged, 2 bad input,
-130 interrupted). Every check of the options happens here or in the job's set-up, before the run
-folder is touched."""
+``train.py``): the options, their checks, and the exit codes (0 done, 1 diverged or a rank lost,
+2 bad input, 130 interrupted, 143 terminated: torchrun's SIGTERM). Every check of the options
+happens here or in the job's set-up, before the run folder is touched."""
 import argparse
 import math
 import sys
 
 import torch
 
+from ..gdas import tau_limits
 from ..genotypes import GenotypeError
 from . import search, train
+from .loop import cpu_threads
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
-from .ranks import environment_rank, under_torchrun
+from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
 from .run_dir import ADDED_LATER, NOT_STORED, RESUMABLE, check_new_folder, read_config
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default: a switch's is off; an option whose help names
+    its default (one set by --method, or none) is left as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:
+            return f"{text} (default off)"
+        return f"{text} (default %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_Help, **kwargs)
+
     def error(self, message):  # one line, and the same path as every other bad input
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -43,6 +61,11 @@ fraction = _number(float, 0.0, 1.0, high_open=True, what="a number in [0, 1)")
 portion = _number(float, 0.0, 1.0, low_open=True, high_open=True,
                   what="a number strictly between 0 and 1")
 seed = _number(int, 0, 2**32 - 1, what="an integer seed in 0..4294967295")
+# The search's alphas are float32: a temperature outside its normal numbers hangs or flattens
+# the Gumbel-softmax (gdas.tau_limits).
+_TAU_LOW, _TAU_HIGH = tau_limits(torch.float32)
+temperature = _number(float, _TAU_LOW, _TAU_HIGH, what=f"a finite number > 0 that float32 "
+                                                       f"carries ({_TAU_LOW:g} to {_TAU_HIGH:g})")
 
 
 def device_name(text):
@@ -73,25 +96,45 @@ def _common_options(p, batch_size, epochs, init_channels, layers, seed_default):
                       help="cifar10 (needs --data) or the offline synthetic default; "
                            "default: cifar10 when --data is given, else synthetic")
     data.add_argument("--data", type=folder_name, default=None,
-                      help="the CIFAR-10 python batches: their folder or cifar-10-python.tar.gz")
+                      help="the CIFAR-10 python batches: their folder or cifar-10-python.tar.gz "
+                           "(default: none, the synthetic data)")
     data.add_argument("--synthetic_size", type=positive_int, default=2000,
                       help="number of synthetic training images (default %(default)s)")
     data.add_argument("--loader", choices=["tensor", "dataloader"], default="tensor",
                       help="tensor: the data set on the training device, batches augmented "
-                           "there (default); dataloader: torch DataLoader with --workers")
+                           "there; dataloader: torch DataLoader with --workers")
     data.add_argument("--workers", type=non_negative_int, default=2,
                       help="worker processes of --loader dataloader (default %(default)s)")
-    data.add_argument("--cutout", action="store_true", help="use cutout")
-    data.add_argument("--cutout_length", type=positive_int, default=16)
-    p.add_argument("--batch_size", type=positive_int, default=batch_size)
-    p.add_argument("--learning_rate", type=non_negative, default=0.025)
-    p.add_argument("--momentum", type=fraction, default=0.9)
-    p.add_argument("--weight_decay", type=non_negative, default=3e-4)
-    p.add_argument("--epochs", type=positive_int, default=epochs)
-    p.add_argument("--init_channels", type=positive_int, default=init_channels)
-    p.add_argument("--layers", type=positive_int, default=layers)
-    p.add_argument("--seed", type=seed, default=seed_default)
-    p.add_argument("--grad_clip", type=non_negative, default=5.0)
+    data.add_argument("--cutout", action="store_true",
+                      help="cut a random square out of each training image")
+    data.add_argument("--cutout_length", type=positive_int, default=16,
+                      help="the side of --cutout's square, in pixels")
+    p.add_argument("--batch_size", type=positive_int, default=batch_size,
+                   help="images per step (per process under torchrun); a split of fewer "
+                        "images is one batch of them all")
+    p.add_argument("--learning_rate", type=non_negative, default=0.025,
+                   help="the weights' SGD learning rate of the first epoch, cosine-annealed over "
+                        "--epochs")
+    p.add_argument("--momentum", type=fraction, default=0.9, help="the weights' SGD momentum")
+    p.add_argument("--weight_decay", type=non_negative, default=3e-4,
+                   help="the weights' SGD weight decay")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="epochs of the run")
+    p.add_argument("--init_channels", type=positive_int, default=init_channels,
+                   help="channels of the first cell")
+    p.add_argument("--layers", type=positive_int, default=layers,
+                   help="cells of the network (a third and two thirds of the way reduce)")
+    p.add_argument("--seed", type=seed, default=seed_default,
+                   help="seed of every random generator: the same seed, the same run")
+    p.add_argument("--grad_clip", type=non_negative, default=5.0,
+                   help="the largest norm of the weights' gradient in a step (a larger one "
+                        "is scaled down to it)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of torch's operations (torch.set_num_threads), recorded "
+                        "with the run: on the CPU the numbers depend on it, so --resume on "
+                        "another count is refused unless --allow_thread_change is given (on "
+                        "CUDA it is not checked: the GPU's numbers do not depend on it); "
+                        f"default: torch's, here {torch.get_num_threads()} (OMP_NUM_THREADS "
+                        f"sets it)")
     p.add_argument("--device", type=device_name, default=None,
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--deterministic", action="store_true",
@@ -103,9 +146,15 @@ def _common_options(p, batch_size, epochs, init_channels, layers, seed_default):
                           "(default runs/<command>-<time>)")
     run.add_argument("--resume", type=folder_name, metavar="RUN_DIR", default=None,
                      help="continue the run in RUN_DIR from its last checkpoint with its own "
-                          f"options; only --{', --'.join(RESUMABLE)} may be given with it")
+                          f"options; only --{', --'.join(RESUMABLE)} may be given with it "
+                          f"(default: a new run)")
+    run.add_argument("--allow_thread_change", action="store_true",
+                     help="with --resume: continue on another --threads count than the run's "
+                          "checkpoint was computed on (logged; the numbers then differ from a "
+                          "run never stopped)")
     run.add_argument("--stop_after_epoch", type=positive_int, default=None,
-                     help="stop after this epoch (checkpointed); --resume continues the run")
+                     help="stop after this epoch (checkpointed); --resume continues the run "
+                          "(default: run every epoch)")
 
 
 def build_parser():
@@ -123,22 +172,32 @@ def build_parser():
                         "with its authors' defaults; default %(default)s")
     # None: the method's default (listed in the epilog).
     s.set_defaults(learning_rate=None, weight_decay=None)
-    s.add_argument("--learning_rate_min", type=non_negative, default=None)
+    s.add_argument("--learning_rate_min", type=non_negative, default=None,
+                   help="the weights' learning rate of the last epoch, where the cosine ends")
     s.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="Nesterov momentum for the weights")
-    s.add_argument("--train_portion", type=portion, default=0.5)
+    s.add_argument("--train_portion", type=portion, default=0.5,
+                   help="the share of the training images the weights learn from; the rest "
+                        "is the validation split the alphas learn from")
     s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
-    s.add_argument("--arch_learning_rate", type=non_negative, default=None)
-    s.add_argument("--arch_weight_decay", type=non_negative, default=1e-3)
+    s.add_argument("--arch_learning_rate", type=non_negative, default=None,
+                   help="the alphas' Adam learning rate")
+    s.add_argument("--arch_weight_decay", type=non_negative, default=1e-3,
+                   help="the alphas' weight decay")
     s.add_argument("--arch_start_epoch", type=non_negative_int, default=None,
-                   help="epochs of weight steps alone before the architecture steps begin")
+                   help="epochs of weight steps alone before the architecture steps begin "
+                        "(must be fewer than --epochs)")
     s.add_argument("--partial_channels", type=positive_int, default=None, metavar="K",
                    help="pc-darts: the candidates see 1/K of the channels (default 4)")
-    s.add_argument("--tau_max", type=positive, default=None,
+    s.add_argument("--tau_max", type=temperature, default=None,
                    help="gdas: the Gumbel-softmax temperature of the first epoch (default 10)")
-    s.add_argument("--tau_min", type=positive, default=None,
+    s.add_argument("--tau_min", type=temperature, default=None,
                    help="gdas: the temperature of the last epoch, reached linearly "
                         "(default 0.1)")
+    for action in s._actions:  # the options that --method sets where not given
+        if action.default is None and "default" not in (action.help or ""):
+            by_method = _method_defaults(action.dest)
+            action.help = f"{action.help}; {by_method}" if by_method else action.help
     s.epilog = ("defaults by --method: " + "; ".join(
         f"{method}: " + ", ".join(_flag(k, v) for k, v in values.items())
         for method, values in sorted(search.METHOD_DEFAULTS.items())))
@@ -173,12 +232,31 @@ def build_parser():
     _common_options(t, batch_size=96, epochs=600, init_channels=36, layers=20, seed_default=0)
     t.add_argument("--genotype", default=None,
                    help="a genotype JSON file, a name (DARTS, DARTS_V1, DARTS_V2) or the text "
-                        "Genotype(normal=[...], normal_concat=..., reduce=[...], ...)")
+                        "Genotype(normal=[...], normal_concat=..., reduce=[...], ...); no "
+                        "default: required")
     t.add_argument("--auxiliary", action="store_true", help="use the auxiliary tower")
-    t.add_argument("--auxiliary_weight", type=non_negative, default=0.4)
-    t.add_argument("--drop_path_prob", type=fraction, default=0.2)
+    t.add_argument("--auxiliary_weight", type=non_negative, default=0.4,
+                   help="the auxiliary tower's share of the loss")
+    t.add_argument("--drop_path_prob", type=fraction, default=0.2,
+                   help="drop path probability of the last epoch, reached linearly from 0")
     t.set_defaults(job=train.run)
     return parser, {"search": s, "train": t}
+
+
+def _method_defaults(name):
+    """'default by --method: darts 64, gdas 256, pc-darts 256' for an option that --method sets
+    (one value when all agree; None for the others)."""
+    shown = {method: _value_text(defaults[name])
+             for method, defaults in sorted(search.METHOD_DEFAULTS.items()) if name in defaults}
+    if not shown:
+        return None
+    if len(set(shown.values())) == 1 and len(shown) == len(search.METHOD_DEFAULTS):
+        return f"default {next(iter(shown.values()))}"
+    return "default by --method: " + ", ".join(f"{m} {v}" for m, v in shown.items())
+
+
+def _value_text(value):
+    return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
 
 
 def _flag(name, value):
@@ -201,7 +279,8 @@ def main(argv=None):
         parser, commands = build_parser()
         args = parser.parse_args(argv)
         options = resolve_options(args, commands[args.command], argv[1:])
-        return args.job(options)
+        with cpu_threads(options.threads):
+            return args.job(options)
     except (UsageError, GenotypeError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -209,11 +288,15 @@ def main(argv=None):
         return e.code
     except RankFailure as e:
         print(f"{prog}: stopped: {e}", file=sys.stderr)
-        return 1
+        return e.code
     except Diverged as e:
         if not follower:
             print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 1
+    except Terminated:  # before the run began (the run reports its own as a RankFailure)
+        print(f"{prog}: stopped: {TERMINATED}; this rank stopped before its first epoch: "
+              f"nothing new was checkpointed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         # Jobs that hold a run folder report the interruption themselves.
         if not follower:
@@ -224,10 +307,16 @@ def main(argv=None):
 def resolve_options(args, command_parser, argv):
     """The options of a new run as parsed, or on --resume the run's saved options (checked again)
     with the resumable ones given now; ``options.saved_config`` is the config.json read on
-    --resume (None for a new run)."""
+    --resume (None for a new run). ``options.threads`` is the thread count this process runs on
+    (--threads, or torch's default), a new run's and a resumed one's alike: on resume, loop
+    checks it against the checkpoint's."""
     options = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "job"})
     options.saved_config = None
+    options.threads = args.threads or torch.get_num_threads()
     if not args.resume:
+        if args.allow_thread_change:
+            raise UsageError("--allow_thread_change is for --resume (a new run records the "
+                             "thread count it runs on)")
         _check_data_options(options)
         if args.command == "search":
             search.resolve_method(options)
@@ -245,6 +334,7 @@ def resolve_options(args, command_parser, argv):
     saved = _parse_saved(command_parser, {**config["options"], **overrides}, args.resume)
     saved.resume, saved.run_dir, saved.stop_after_epoch = args.resume, args.resume, \
         args.stop_after_epoch
+    saved.threads, saved.allow_thread_change = options.threads, args.allow_thread_change
     saved.command = args.command
     saved.saved_config = config
     return saved

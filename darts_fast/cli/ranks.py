@@ -7,11 +7,13 @@ Every rank computes; rank 0, the leader, alone holds the run folder, prints and 
 must be equal on every rank comes from the leader (a resumed checkpoint, or the failure to open
 the run folder); the metrics are sums over the ranks. A rank that dies breaks the others'
 next collective operation (or, if it hangs, the collective times out after --dist_timeout
-seconds), and torchrun stops the other ranks with SIGTERM: both end the run with an error that
-says so (``RankFailure``, ``Terminated``), the last checkpoint kept.
+seconds), and torchrun stops the other ranks of its node with SIGTERM (``Terminated``): every
+rank ends with one line of its own that says so and which checkpointed epoch --resume continues
+from (``RankFailure``), the last checkpoint kept.
 """
 import datetime
 import os
+import re
 import signal
 
 import numpy as np
@@ -39,11 +41,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, which torchrun sends to every rank when one of them has failed."""
 
 
+TERMINATED = ("terminated (SIGTERM, which torchrun sends every rank when one fails): another "
+              "rank has probably stopped")
+
+# gloo and NCCL name the line of their source that raised: '[/path/pair.cc:534] Connection
+# closed by peer', 'NCCL error in: /path/ProcessGroupNCCL.cpp:3356, remote process exited'.
+_SOURCE = re.compile(r"\[[^\]\s]*\.\w+:\d+\]\s*|\s+in:?\s+\S+\.\w+:\d+,?")
+
+
+def error_text(error):
+    """``error``'s type and first sentence, without the source locations of the libraries."""
+    text = _SOURCE.sub(lambda m: "" if m.group().startswith("[") else ":", first_line(error))
+    return f"{type(error).__name__}: {text.split('. ')[0][:300]}"
+
+
 class Ranks:
     """The ranks of this run as seen from one of them; one process: ``Ranks()``."""
 
     def __init__(self, rank=0, world=1, group=None, backend=None):
         self.rank, self.world, self.group, self.backend = rank, world, group, backend
+        # The last epoch rank 0 has checkpointed, as this rank knows it (None before rank 0 has
+        # handed over the run's state).
+        self.checkpointed = None
+        self._confirming = self._terminated = False
 
     @property
     def leader(self):
@@ -74,6 +94,30 @@ class Ranks:
         gathered = [None] * self.world
         dist.all_gather_object(gathered, obj, group=self.group)
         return gathered
+
+    def checkpoint_written(self, epoch):
+        """Every rank calls this once rank 0 has written the checkpoint of ``epoch`` (the others
+        wait for rank 0 here), so that a rank that stops can name the epoch --resume continues
+        from. A SIGTERM meanwhile waits until the epoch is known."""
+        self._confirming = True
+        try:
+            self.checkpointed = self.share(epoch)
+        finally:
+            self._confirming = False
+        if self._terminated:
+            raise Terminated()
+
+    def stop(self):
+        """This rank is ending after a failure of the ranks: further SIGTERMs (torchrun's, which
+        come once it sees a rank fail) must not cut its report short."""
+        if self.distributed:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def _terminate(self, signum, frame):
+        self.stop()
+        self._terminated = True
+        if not self._confirming:
+            raise Terminated()
 
     def derived_seed(self, seed):
         """A seed of this rank's own random stream (its augmentation), independent of the other
@@ -121,9 +165,6 @@ def start(options, default_device):
     except (RuntimeError, ValueError) as e:
         raise UsageError(f"rank {rank} could not join the other {world - 1} rank(s) "
                          f"({first_line(e)})") from None
-    signal.signal(signal.SIGTERM, _terminate)
-    return Ranks(rank, world, dist.group.WORLD, backend), device
-
-
-def _terminate(signum, frame):
-    raise Terminated()
+    ranks = Ranks(rank, world, dist.group.WORLD, backend)
+    signal.signal(signal.SIGTERM, ranks._terminate)
+    return ranks, device

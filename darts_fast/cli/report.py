@@ -2,6 +2,7 @@
 stderr and in ``log.txt``), TensorBoard event files under ``tensorboard/`` (``tensorboard --logdir
 runs``) and the running means of loss and accuracy, kept on the device."""
 import logging
+import os
 import sys
 import time
 
@@ -66,10 +67,30 @@ class Progress:
         self.bar.close()
 
 
+def oversubscription(threads, cpu_seconds, seconds):
+    """A warning when fewer cores seem free than the run has CPU threads, else None. The load
+    average of the last minute counts the runnable threads, this run's waiting ones included;
+    less the cores this process kept busy over ``seconds`` (``cpu_seconds`` of CPU time), it is
+    the demand on the cores from elsewhere. An OpenMP thread that waits for a core holds up the
+    others at every parallel region: steps can run many times slower."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load, own = os.getloadavg()[0], cpu_seconds / max(seconds, 1e-9)
+    free = cores - max(0.0, load - own)
+    if threads <= free + 0.5:  # half a core of slack for the average's noise
+        return None
+    return (f"warning: {threads} CPU thread{'s' if threads > 1 else ''}, but only about "
+            f"{max(free, 0.0):.1f} of {cores} cores seem free (load average {load:.1f}, this run's "
+            f"own use {own:.1f}): threads waiting for a busy core can make each step many times "
+            f"slower; fewer --threads may run faster (on --resume with --allow_thread_change, "
+            f"which changes the numbers)")
+
+
 class RunLog:
     """Log lines and TensorBoard events of one run; ``close()`` detaches both."""
 
-    def __init__(self, run, command, first_epoch):
+    def __init__(self, run, command, first_step):
         self.logger = logging.getLogger(f"darts_fast.cli.{id(self)}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
@@ -79,11 +100,17 @@ class RunLog:
         self.file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(screen)
         self.logger.addHandler(self.file)
-        # A resumed run drops the events a stopped run wrote after its last checkpoint.
-        self.events = SummaryWriter(run.file(TENSORBOARD), purge_step=first_epoch + 1)
+        # TensorBoard drops the events of steps from ``first_step`` on that earlier event files
+        # hold: those a stopped or killed run wrote after its last complete epoch.
+        self.events = SummaryWriter(run.file(TENSORBOARD), purge_step=first_step)
 
     def info(self, message):
         self.logger.info(message)
+
+    def to_file(self, message):
+        """A line in the log file alone: one that its caller prints itself."""
+        self.file.handle(self.logger.makeRecord(self.logger.name, logging.INFO, "", 0, message,
+                                                None, None))
 
     def scalars(self, epoch, row):
         for key in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import time
 import uuid
@@ -37,13 +38,15 @@ METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_
 _TMP_MARK = ".tmp-"
 # Options that --resume accepts: they change how a run proceeds, not what it computed so far.
 # Everything else is the run's own and comes from its config.json.
+# On the CPU --threads changes the numbers: loop checks it against the checkpoint's count.
 RESUMABLE = ("epochs", "stop_after_epoch", "device", "data", "loader", "workers", "no_cuda_graph",
-             "recompute", "dist_timeout")
+             "recompute", "dist_timeout", "threads", "allow_thread_change")
 # Options about one invocation, not stored with the run.
-NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config")
+NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config",
+              "allow_thread_change")
 # Options that came after runs were made, with the value that a run whose config.json and
-# checkpoint lack them ran with: the runs of earlier versions resume.
-ADDED_LATER = {"nesterov": False, "tau_max": None, "tau_min": None}
+# checkpoint lack them ran with (threads: unknown): the runs of earlier versions resume.
+ADDED_LATER = {"nesterov": False, "tau_max": None, "tau_min": None, "threads": None}
 
 
 def stored_option(options, name):
@@ -209,7 +212,7 @@ class RunDir:
     def _survivors(self):
         if self.checkpoint_epoch:
             return (f"The checkpoint of epoch {self.checkpoint_epoch} is intact: "
-                    f"--resume {self.path} continues from it")
+                    f"--resume {shlex.quote(self.path)} continues from it")
         return "No epoch had been checkpointed yet"
 
     # --- reading ------------------------------------------------------------------------------
@@ -283,8 +286,8 @@ def check_new_folder(path):
     if not os.path.isdir(path):
         raise RunDirError(f"--run_dir {path!r} is a file, not a folder")
     if set(os.listdir(path)) - {LOCK}:
-        hint = (f"use --resume {path} to continue it" if os.path.exists(os.path.join(path, CONFIG))
-                else "give a new or empty folder")
+        hint = (f"use --resume {shlex.quote(path)} to continue it"
+                if os.path.exists(os.path.join(path, CONFIG)) else "give a new or empty folder")
         raise RunDirError(f"--run_dir {path!r} is not empty (it already holds a run or other "
                           f"files); {hint}, or another --run_dir")
 

@@ -72,7 +72,23 @@ def resolve_method(options):
                          f"each edge's channels)")
 
 
+def check_architecture_steps(options):
+    """Refuses a search (new, or resumed with other --epochs) that would end before its first
+    architecture step: its genotype would be read from the alphas as initialised, at random."""
+    start, epochs = options.arch_start_epoch, options.epochs
+    if start < epochs:
+        return
+    default = " (the pc-darts default)" if options.method == "pc-darts" and \
+        start == METHOD_DEFAULTS["pc-darts"]["arch_start_epoch"] else ""
+    fix = f"more --epochs than {start}" + ("" if options.resume else
+                                           " or a smaller --arch_start_epoch")
+    raise UsageError(f"--arch_start_epoch {start}{default} with --epochs {epochs}: the run would "
+                     f"end before its first architecture step, and the genotype would be read "
+                     f"from the alphas' random initial values; give {fix}")
+
+
 def run(options):
+    check_architecture_steps(options)
     if options.reference and options.hessian == "exact":
         raise UsageError("--hessian exact is a darts_fast option; the --reference algorithm has "
                          "only the original finite difference")
@@ -142,6 +158,7 @@ def _job(options, images, labels, split, ranks, device):
                          "be captured into a CUDA graph; add --no_cuda_graph")
     job = SearchJob(options, model, optimizer, scheduler, criterion, device, ranks)
     job.architect = architect
+    job.split_images = (split, len(labels) - split)
     job.search_step = SearchStep(stepped, architect, optimizer, criterion, options.grad_clip,
                                  options.unrolled, cuda_graph=graph,
                                  weights_first=options.method == "gdas")
@@ -153,6 +170,10 @@ def _job(options, images, labels, split, ranks, device):
     job.valid_loader = data.loader(options, images, labels, range(split, len(labels)), device,
                                    True, True, ranks)
     return job
+
+
+def _epochs_text(first, last):
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 class SearchJob(loop.Job):
@@ -254,7 +275,8 @@ class SearchJob(loop.Job):
         run.write_bytes("reduction.png", visualize.cell_png(
             genotype.reduce, genotype.reduce_concat, f"reduction cell, epoch {epoch}"))
         run.write_bytes("alphas.png", visualize.alphas_png(
-            normal.numpy(), reduce.numpy(), f"softmax(alpha), epoch {epoch}"))
+            normal.numpy(), reduce.numpy(), f"softmax(alpha), epoch {epoch}",
+            (edges["normal_edges"], edges["reduce_edges"]) if edges else None))
         log.events.add_image("alphas/normal", normal, epoch, dataformats="HW")
         log.events.add_image("alphas/reduce", reduce, epoch, dataformats="HW")
         for name, weights in (("normal", normal), ("reduce", reduce)):
@@ -268,16 +290,28 @@ class SearchJob(loop.Job):
         where = (f"{ranks.world} processes ({ranks.backend}; rank 0 on {self.device}), "
                  f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
                  if ranks.distributed else f"{self.device}")
-        per = " per process" if ranks.distributed else ""
         method = (f"{o.method} (k={o.partial_channels}) " if o.method == "pc-darts" else
                   f"{o.method} (tau {o.tau_max:g} to {o.tau_min:g}, weight step first) "
                   if o.method == "gdas" else "")
-        start = (f", architecture steps from epoch {o.arch_start_epoch + 1}"
-                 if o.arch_start_epoch else "")
         return (f"{'reference' if o.reference else 'fused'} {order}-order {method}search on "
-                f"{where}{start}, "
+                f"{where}{self._architecture_steps()}, "
                 f"{o.dataset} data ({len(self.train_loader)} + {len(self.valid_loader)} batches "
-                f"of {o.batch_size}{per}), {o.loader} loader")
+                f"{loop.batches_of(o.batch_size, self.split_images, ranks)}), "
+                f"{o.loader} loader")
+
+    def _architecture_steps(self):
+        """Which epochs and how many steps update the alphas, when weight steps alone come
+        first (fewer than --epochs suggests)."""
+        o = self.options
+        if not o.arch_start_epoch:
+            return ""
+        epochs = o.epochs - o.arch_start_epoch
+        steps = epochs * len(self.train_loader)
+        stop = (f" (--stop_after_epoch {o.stop_after_epoch} stops before the first)"
+                if o.stop_after_epoch and o.stop_after_epoch <= o.arch_start_epoch else "")
+        return (f", weight steps alone in {_epochs_text(1, o.arch_start_epoch)}: only "
+                f"{_epochs_text(o.arch_start_epoch + 1, o.epochs)} update the alphas ({epochs} "
+                f"of {o.epochs} epochs, {steps} architecture step{'s' if steps > 1 else ''}){stop}")
 
     def output_lines(self, run):
         return [f"genotype:  {run.file('genotype.json')} (and genotype.txt: "

@@ -28,6 +28,7 @@ def run(options):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.epochs)
     job = TrainJob(options, model, optimizer, scheduler, nn.CrossEntropyLoss(), device)
     job.genotype = genotype
+    job.train_images = len(train_labels)
     job.train_loader = data.loader(options, train_images, train_labels,
                                    range(len(train_labels)), device, True, True)
     job.test_loader = data.loader(options, test_images, test_labels, range(len(test_labels)),
@@ -75,8 +76,9 @@ class TrainJob(loop.Job):
     def describe(self):
         params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
         return (f"training {params / 1e6:.2f}M parameters on {self.device}, "
-                f"{self.options.dataset} data ({len(self.train_loader)} batches of "
-                f"{self.options.batch_size}), {self.options.loader} loader")
+                f"{self.options.dataset} data ({len(self.train_loader)} batches "
+                f"{loop.batches_of(self.options.batch_size, [self.train_images])}), "
+                f"{self.options.loader} loader")
 
     def output_lines(self, run):
         return [f"accuracy:  {run.file('final.json')}", f"curves:    {run.file('curves.png')}"]

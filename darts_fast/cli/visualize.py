@@ -74,76 +74,114 @@ def _cell_graphviz(edges, concat):
 # new figure.
 _SUBSCRIPTS = {"c_{k-2}": "c\u2096\u208b\u2082", "c_{k-1}": "c\u2096\u208b\u2081",
                "c_{k}": "c\u2096"}
-# Inches per data unit of the cell diagram, across and up: the scale it had inside pyplot's
-# default margins.
-_CELL_X, _CELL_Y = 1.86, 3.08
+# The matplotlib cell diagram is an arc diagram, measured in inches: the states on a line, _STEP
+# apart in the order they are computed, each edge an arc over the line (a node's first input)
+# or under it (its second), its operation's label on the arc's top, where the arc runs level.
+# An arc rises _RISE per state it spans, plus one _RISE: the labels of arcs of other spans lie
+# at least _RISE apart in height, more than a label is tall; arcs of one span on one side start
+# a whole _STEP apart, more than a label is wide; and a node's two edges from the same state
+# take either side. So no label meets another, or a state.
+_STEP, _RISE = 1.3, 0.25
+# Room for half a label past the highest arc's top and half a state past the ends of the line.
+_MARGIN, _TITLE = 0.2, 0.4
 
 
 def _cell_matplotlib(edges, concat, title):
-    steps, names, outputs = _states(edges, concat)
-    pos = {names[0]: (0.0, 0.75), names[1]: (0.0, 0.25), "c_{k}": (steps + 1.0, 0.5)}
-    for i in range(steps):
-        pos[names[2 + i]] = (i + 1.0, 0.15 + 0.7 * ((i % 2) * 0.8 + 0.1))
-    arcs = [(op, pos[names[j]], pos[names[2 + e // 2]], 0.25 if e % 2 else -0.25)
-            for e, (op, j) in enumerate(edges)]
-    # The figure holds the nodes and how far the arcs bulge past them: arc3's control point is
-    # rad times the distance in inches off the middle, and the curve gets halfway there.
-    ys = [y for _, y in pos.values()] + [
-        (a[1] + b[1]) / 2 - rad * (b[0] - a[0]) * _CELL_X / _CELL_Y / 2 for _, a, b, rad in arcs]
-    low, high = min(ys) - 0.1, max(ys) + 0.1
-    height, title_room = (high - low) * _CELL_Y, 0.4
-    fig = _figure(((steps + 1.6) * _CELL_X, height + title_room))
-    ax = fig.add_axes((0, 0, 1, height / (height + title_room)))
+    _, names, outputs = _states(edges, concat)
+    order = names + ["c_{k}"]
+    x = {n: i * _STEP for i, n in enumerate(order)}
     colours = {op: matplotlib.colormaps["tab10"](k % 10) for k, op in enumerate(PRIMITIVES)}
-    for e, (op, a, b, rad) in enumerate(arcs):
-        ax.annotate("", xy=b, xytext=a, arrowprops=dict(
-            arrowstyle="-|>", color=colours.get(op, "gray"), lw=1.8, shrinkA=18, shrinkB=18,
-            connectionstyle=f"arc3,rad={rad}"))
-        mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + (0.06 if e % 2 else -0.06))
-        ax.text(*mid, op, fontsize=8, ha="center", color=colours.get(op, "gray"),
-                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
-    for n in outputs:
-        ax.annotate("", xy=pos["c_{k}"], xytext=pos[n], arrowprops=dict(
-            arrowstyle="-|>", color="lightgray", lw=1, shrinkA=18, shrinkB=18))
-    for n, (x, y) in pos.items():
+
+    def arc(op, a, b, side, colour):  # side 1: over the line; -1: under it
+        return op, x[a], x[b], side * _RISE * (1 + order.index(b) - order.index(a)), colour
+
+    arcs = [arc(op, names[j], names[2 + e // 2], 1 - 2 * (e % 2), colours.get(op, "gray"))
+            for e, (op, j) in enumerate(edges)]
+    arcs += [arc("", n, "c_{k}", -1, "lightgray") for n in outputs]
+    low = min(top for _, _, _, top, _ in arcs) - _MARGIN
+    high = max(top for _, _, _, top, _ in arcs) + _MARGIN
+    width = x["c_{k}"] + _STEP
+    fig = _figure((width, high - low + _TITLE))
+    # The axes span these limits over as many inches: arc3, which bends in display space, bends
+    # the same in data units.
+    ax = fig.add_axes((0, 0, 1, (high - low) / (high - low + _TITLE)))
+    ax.set_xlim(-_STEP / 2, width - _STEP / 2)
+    ax.set_ylim(low, high)
+    for op, a, b, top, colour in arcs:
+        # arc3's control point lies rad times the span off the middle of the line (above it for
+        # a negative rad, the arc running to the right), and its curve goes halfway there.
+        ax.annotate("", xy=(b, 0), xytext=(a, 0), arrowprops=dict(
+            arrowstyle="-|>", color=colour, lw=1.8 if op else 1, shrinkA=16, shrinkB=16,
+            connectionstyle=f"arc3,rad={-2 * top / (b - a)}"))
+    for op, a, b, top, colour in arcs:
+        if op:  # after every arc, so that no line crosses a label
+            ax.text((a + b) / 2, top, op, fontsize=8, ha="center", va="center", color=colour,
+                    bbox=dict(facecolor="white", edgecolor=colour, lw=0.6, pad=1.5))
+    for n, at in x.items():
         fill = "darkseagreen" if n.startswith("c_{k-") else (
             "palegoldenrod" if n == "c_{k}" else "lightblue")
-        ax.text(x, y, _SUBSCRIPTS.get(n, n), ha="center", va="center", fontsize=11,
+        ax.text(at, 0, _SUBSCRIPTS.get(n, n), ha="center", va="center", fontsize=11,
                 bbox=dict(boxstyle="round,pad=0.5", facecolor=fill))
-    ax.set_xlim(-0.3, steps + 1.3)
-    ax.set_ylim(low, high)
     ax.axis("off")
     fig.suptitle(title)
     return _png(fig)
 
 
-def alphas_png(normal, reduce, title):
-    """Heatmaps of the softmaxed alphas (edges x operations) of both cell types."""
-    fig, images = _alphas_figure(len(normal))
+def alphas_png(normal, reduce, title, edge_weights=None):
+    """Heatmaps of the softmaxed alphas (edges x operations) of both cell types; with
+    ``edge_weights`` (PC-DARTS': per node, the softmax of the betas of its edges, normal and
+    reduction) a bar of each edge's weight beside its row, as the genotype weighs it."""
+    fig, images, bars = _alphas_figure(len(normal), edge_weights is not None)
     for image, weights in zip(images, (normal, reduce)):
         image.set_data(weights)
         # The colour scale spans this matrix's own range: early in a search every weight is near
         # 1/8 and a fixed 0..1 scale would show nothing.
         image.autoscale()
+    for cell_bars, weights in zip(bars, edge_weights or ()):
+        for bar, weight in zip(cell_bars, weights):
+            bar.set_width(weight)
     fig.suptitle(title)
     return _png(fig)
 
 
 @functools.lru_cache(maxsize=2)
-def _alphas_figure(edges):
-    fig = _figure((13, 5.5))
+def _alphas_figure(edges, edge_weights):
+    fig = _figure((16 if edge_weights else 13, 5.5))
     # Margins fit the longest labels: 'c_{k-2} -> 0' and the ylabel on the left, the slanted
-    # operation names below, the colour bar's ticks on the right, both titles on top.
-    fig.subplots_adjust(left=0.085, right=0.955, bottom=0.17, top=0.89, wspace=0.4)
-    images = []
+    # operation names below, the colour bar's ticks (past the edge weights) on the right, the
+    # titles on top.
+    if edge_weights:
+        fig.subplots_adjust(left=0.07, right=0.83, bottom=0.17, top=0.86, wspace=0.75)
+    else:
+        fig.subplots_adjust(left=0.085, right=0.955, bottom=0.17, top=0.89, wspace=0.4)
+    images, bars = [], []
     for ax, name in zip(fig.subplots(1, 2), ("normal", "reduction")):
         images.append(ax.imshow(np.zeros((edges, len(PRIMITIVES))), cmap="viridis", aspect="auto"))
         ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(edges), _edge_labels(edges), fontsize=8)
         ax.set_ylabel("edge (input -> node)")
         ax.set_title(f"{name} cell")
-        fig.colorbar(images[-1], ax=ax, fraction=0.046)
-    return fig, images
+        if not edge_weights:
+            fig.colorbar(images[-1], ax=ax, fraction=0.046)
+            continue
+        side = ax.inset_axes((1.04, 0, 0.24, 1), sharey=ax)
+        bars.append(side.barh(range(edges), np.zeros(edges), height=0.7, color="darkorange"))
+        for row in _node_starts(edges)[1:]:  # each node's edges share one softmax
+            side.axhline(row - 0.5, color="gray", lw=0.6)
+        side.set_xlim(0, 1)
+        side.set_xticks((0, 0.5, 1), ("0", "0.5", "1"), fontsize=8)
+        side.tick_params(labelleft=False)
+        side.set_title("edge weight:\nsoftmax(beta)\nper node", fontsize=8)
+        fig.colorbar(images[-1], cax=ax.inset_axes((1.34, 0, 0.05, 1)))
+    return fig, images, bars
+
+
+def _node_starts(count):
+    """The alpha rows where each node's edges begin: 0, 2, 5, 9, ..."""
+    starts = [0]
+    while starts[-1] + len(starts) + 1 < count:
+        starts.append(starts[-1] + len(starts) + 1)
+    return starts
 
 
 def _edge_labels(count):
