@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import darts_fast
 from darts_fast import max_pool
+from darts_fast.cli.loop import cpu_threads
 
 from helpers import rel_err
 
@@ -81,16 +82,6 @@ def decisions(monkeypatch, recorded=None):
         yield found
 
 
-@contextlib.contextmanager
-def threads(n):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def gradients(model, x, y):
     """The loss's gradients of every weight and alpha (zeros for GDAS' candidates not drawn;
     it draws from one seed)."""
@@ -110,7 +101,7 @@ def test_float32_equals_float64_given_the_same_decisions(monkeypatch, network, l
     model64 = copy.deepcopy(model32).double()
     x = torch.randn(4, 3, 16, 16)
     y = torch.randint(0, 10, (4,))
-    with threads(n_threads):
+    with cpu_threads(n_threads):
         with decisions(monkeypatch) as found32:
             grads32 = gradients(model32, x, y)
         with decisions(monkeypatch) as found64:
