@@ -147,6 +147,14 @@ def test_batches_of_names_the_batch_used_and_the_clamp():
     assert loop.batches_of(8, [24, 24], two) == "of 8 per process"
 
 
+def test_more_threads_than_cpus_are_refused(capsys):
+    """--threads 99999 crashed OpenMP (segmentation fault)."""
+    cpus = len(os.sched_getaffinity(0))
+    assert error_of(["search", *TINY, "--threads", cpus + 1], capsys) == (
+        f"darts-fast search: error: argument --threads: expected an integer from 1 to the {cpus} "
+        f"CPUs this process may use, got {cpus + 1} (see darts-fast search --help)")
+
+
 def test_oversubscription_is_judged_from_the_load_less_the_runs_own_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     # Two threads; another process keeps one core busy: 3 runnable threads, 1.3 cores ours.

@@ -161,6 +161,15 @@ def test_batches_without_images_are_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_data_that_is_neither_a_folder_nor_a_file_is_named_so(tmp_path, capsys):
+    """A FIFO was reported missing (and reading one would block)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert search_error(tmp_path, capsys, fifo) == (
+        "darts-fast search: error: --data 'DATA' is neither a folder nor a file (expected the "
+        "CIFAR-10 folder of python batches or cifar-10-python.tar.gz)")
+
+
 # --- a full disk while the checkpoint is written ------------------------------------------------
 
 FILE_SIZE_LIMIT = """

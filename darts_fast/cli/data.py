@@ -78,6 +78,9 @@ def load_cifar10(source, train=True):
         blobs = _read_folder(folder, names)
     elif os.path.isfile(source):
         blobs = _read_archive(source, names)
+    elif os.path.exists(source):
+        raise DataError(f"--data {source!r} is neither a folder nor a file (expected the CIFAR-10 "
+                        f"folder of python batches or cifar-10-python.tar.gz)")
     else:
         raise DataError(f"--data {source!r} does not exist (expected the CIFAR-10 folder of "
                         f"python batches or cifar-10-python.tar.gz)")

@@ -4,6 +4,7 @@
 happens here or in the job's set-up, before the run folder is touched."""
 import argparse
 import math
+import os
 import sys
 
 import torch
@@ -61,6 +62,10 @@ fraction = _number(float, 0.0, 1.0, high_open=True, what="a number in [0, 1)")
 portion = _number(float, 0.0, 1.0, low_open=True, high_open=True,
                   what="a number strictly between 0 and 1")
 seed = _number(int, 0, 2**32 - 1, what="an integer seed in 0..4294967295")
+# More OpenMP threads than CPUs only wait for one another (and tens of thousands crash it).
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+thread_count = _number(int, 1, _CPUS, what=f"an integer from 1 to the {_CPUS} CPUs this process "
+                                            f"may use")
 # The search's alphas are float32: a temperature outside its normal numbers hangs or flattens
 # the Gumbel-softmax (gdas.tau_limits).
 _TAU_LOW, _TAU_HIGH = tau_limits(torch.float32)
@@ -128,7 +133,7 @@ def _common_options(p, batch_size, epochs, init_channels, layers, seed_default):
     p.add_argument("--grad_clip", type=non_negative, default=5.0,
                    help="the largest norm of the weights' gradient in a step (a larger one "
                         "is scaled down to it)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads of torch's operations (torch.set_num_threads), recorded "
                         "with the run: on the CPU the numbers depend on it, so --resume on "
                         "another count is refused unless --allow_thread_change is given (on "
