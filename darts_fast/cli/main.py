@@ -4,7 +4,6 @@
 happens here or in the job's set-up, before the run folder is touched."""
 import argparse
 import math
-import os
 import sys
 
 import torch
@@ -15,6 +14,7 @@ from . import search, train
 from .loop import cpu_threads
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
 from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
+from .report import available_cpus
 from .run_dir import ADDED_LATER, NOT_STORED, RESUMABLE, check_new_folder, read_config
 
 
@@ -63,7 +63,7 @@ portion = _number(float, 0.0, 1.0, low_open=True, high_open=True,
                   what="a number strictly between 0 and 1")
 seed = _number(int, 0, 2**32 - 1, what="an integer seed in 0..4294967295")
 # More OpenMP threads than CPUs only wait for one another (and tens of thousands crash it).
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_CPUS = available_cpus()
 thread_count = _number(int, 1, _CPUS, what=f"an integer from 1 to the {_CPUS} CPUs this process "
                                             f"may use")
 # The search's alphas are float32: a temperature outside its normal numbers hangs or flattens

@@ -67,6 +67,11 @@ class Progress:
         self.bar.close()
 
 
+def available_cpus():
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def oversubscription(threads, cpu_seconds, seconds):
     """A warning when fewer cores seem free than the run has CPU threads, else None. The load
     average of the last minute counts the runnable threads, this run's waiting ones included;
@@ -75,7 +80,7 @@ def oversubscription(threads, cpu_seconds, seconds):
     others at every parallel region: steps can run many times slower."""
     if not hasattr(os, "getloadavg"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cpus()
     load, own = os.getloadavg()[0], cpu_seconds / max(seconds, 1e-9)
     free = cores - max(0.0, load - own)
     if threads <= free + 0.5:  # half a core of slack for the average's noise
