@@ -1,7 +1,6 @@
 """MixedOp forward+backward with its candidate operations: the original, torch.compile of it,
 and darts_fast with and without the BatchNorm fold."""
 import pytest
-
 from cases import MIXED_OP_IMPLS, measure, mixed_op
 
 

@@ -1,7 +1,6 @@
 """The architect's multi-tensor updates over the weights of Network(16, 10, 8): a Python loop,
 torch._foreach_*, and the fused kernels."""
 import pytest
-
 from cases import measure, multi_tensor_update
 
 

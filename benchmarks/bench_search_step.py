@@ -7,9 +7,15 @@ import time
 
 import pytest
 import torch
-
-from cases import (GDAS_STEP_IMPLS, SEARCH_STEP_IMPLS, STEP_CONFIG, STEP_WARMUP,
-                   gdas_search_step, measure, search_step)
+from cases import (
+    GDAS_STEP_IMPLS,
+    SEARCH_STEP_IMPLS,
+    STEP_CONFIG,
+    STEP_WARMUP,
+    gdas_search_step,
+    measure,
+    search_step,
+)
 
 CUDA_ONLY = {
     "compiled_reference": "torch.compile of the whole search network runs on CUDA only: on 2 CPU "

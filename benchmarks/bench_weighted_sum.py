@@ -2,9 +2,9 @@
 the original, torch.compile of it, and the fused kernel, side by side in one run."""
 import pytest
 import torch
+from cases import measure, synchronize
 
 from darts_fast import kernels
-from cases import measure, synchronize
 
 K = 8
 BATCH = 64

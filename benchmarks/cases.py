@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import darts_fast
 from darts_fast import kernels, reference
-from darts_fast.search_step import SearchStep
+from darts_fast.search.step import SearchStep
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)

@@ -36,8 +36,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import darts_fast  # noqa: E402
 from report import update_results_md  # noqa: E402
+
+import darts_fast  # noqa: E402
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)

@@ -32,9 +32,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from darts_fast import pc_darts, reference  # noqa: E402
 from cases import gdas_search_step, search_step, synchronized  # noqa: E402
 from report import run_child, timed_peak, update_results_md  # noqa: E402
+
+from darts_fast import reference  # noqa: E402
+from darts_fast.methods import pc_darts
 
 # The step's network on each device: on the CPU a smaller one than the authors' C=16, 8 layers,
 # batch 256, whose reference steps take minutes there.

@@ -180,7 +180,14 @@ def weighted_sum_floor(device, bandwidth, shapes=None, repeats=50, sets=4):
     captured into a CUDA graph and its replays timed with events, rotating over ``sets`` input
     sets (more than the L2 cache holds); on the CPU timed directly. ``bandwidth``: the copy
     bandwidth (bytes read plus written per second) the floor is taken at."""
-    from bench_weighted_sum import BATCH, K, SHAPES, forward_backward, inputs, python_sum
+    from bench_weighted_sum import (
+        BATCH,
+        SHAPES,
+        K,
+        forward_backward,
+        inputs,
+        python_sum,
+    )
 
     from darts_fast import kernels
 

@@ -5,14 +5,14 @@ Drop-in use in the original DARTS code: replace ``from model_search import Mixed
 ``from darts_fast import Architect``. The command line lives apart, in ``darts_fast.cli``.
 """
 from . import kernels
-from .architect import Architect
-from .gdas import GDASNetwork
-from .genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
-from .mixed_op import MixedOp
-from .pc_darts import PartialChannelMixedOp, PCNetwork
-from .search_model import Cell, Network
-from .search_step import SearchStep
-from .sync_batch_norm import SyncBatchNorm2d
+from .methods.gdas import GDASNetwork
+from .methods.pc_darts import PartialChannelMixedOp, PCNetwork
+from .search.architect import Architect
+from .search.step import SearchStep
+from .search.sync_batch_norm import SyncBatchNorm2d
+from .spaces.cnn.genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
+from .spaces.cnn.mixed_op import MixedOp
+from .spaces.cnn.network import Cell, Network
 
 __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "GDASNetwork", "Genotype", "MixedOp",

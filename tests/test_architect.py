@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import TOLERANCE, rel_err
 
 import darts_fast
 from darts_fast import kernels, reference
-from helpers import TOLERANCE, rel_err
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)

@@ -21,11 +21,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rel_err
 
 import darts_fast
-from darts_fast.operations import OPS, FactorizedReduce, ReLUConvBN, forward_fast, stem
-from darts_fast.pc_darts import PartialChannelMixedOp
-from helpers import rel_err
+from darts_fast.methods.pc_darts import PartialChannelMixedOp
+from darts_fast.spaces.cnn.operations import (
+    OPS,
+    FactorizedReduce,
+    ReLUConvBN,
+    forward_fast,
+    stem,
+)
 
 CHANNELS = (1, 2, 4, 7)
 # float32 against float64 through a convolution and a BatchNorm, a few thousand values.

@@ -5,9 +5,9 @@ and view-transpose-view shuffle of the result."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TOLERANCE, rel_err
 
 from darts_fast import kernels
-from helpers import TOLERANCE, rel_err
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from darts_fast.cli import checkpoint, data, main, run_dir
-from darts_fast.genotypes import DARTS_V2, genotype_text, parse_genotype
+from darts_fast.spaces.cnn.genotypes import DARTS_V2, genotype_text, parse_genotype
 
 # One batch per split and epoch: the smallest runs that still exercise every path.
 TINY = ["--layers", "3", "--init_channels", "4", "--batch_size", "8", "--synthetic_size", "16",
@@ -656,7 +656,7 @@ def test_a_search_whose_every_step_is_skipped_stops(tmp_path, capsys):
 
 
 def test_a_skipped_step_is_reported_and_left_out_of_the_means(tmp_path, monkeypatch):
-    from darts_fast.search_step import SearchStep
+    from darts_fast.search.step import SearchStep
 
     calls = []
     step = SearchStep.__call__

@@ -10,10 +10,10 @@ import shlex
 
 import pytest
 import torch
+from test_cli import TINY, copy_of, error_of, run, state_of
 
 from darts_fast.cli import loop, main, report, search
 from darts_fast.cli.ranks import Ranks
-from test_cli import TINY, copy_of, error_of, run, state_of
 
 
 def captured(argv):

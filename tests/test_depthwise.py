@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from darts_fast import depthwise
-
+from darts_fast.layers import depthwise
 
 # (channels, kernel, stride, padding, dilation, height): every depthwise conv of DARTS, and odd
 # sizes whose last rows a strided filter does not reach.
@@ -65,7 +64,7 @@ def test_only_depthwise_convs_take_the_custom_path():
 
 
 def test_evaluation_network_takes_the_fast_path_with_the_same_gradients(monkeypatch):
-    import darts_fast.eval_model as eval_model
+    import darts_fast.spaces.cnn.eval_model as eval_model
     from darts_fast import DARTS_V2
 
     torch.manual_seed(0)
@@ -81,7 +80,7 @@ def test_evaluation_network_takes_the_fast_path_with_the_same_gradients(monkeypa
     monkeypatch.setattr(depthwise._DepthwiseConv2d, "apply",
                         lambda *a: calls.append(1) or real(*a))
     fast = grads()
-    assert calls  # the cells' depthwise convolutions went through darts_fast.depthwise
+    assert calls  # the cells' depthwise convolutions went through darts_fast.layers.depthwise
     monkeypatch.setattr(eval_model, "forward_fast", lambda op, h: op(h))  # the modules' forward
     calls.clear()
     plain = grads()

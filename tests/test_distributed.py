@@ -72,13 +72,13 @@ def worker(rank, init_file, out_dir):
             for s in range(SEARCH_STEPS):
                 step(*shard(s, rank), ETA)
             alphas = model.arch_parameters()
-            darts_fast.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
+            darts_fast.search.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
             with torch.no_grad():  # one ulp of drift on one rank
                 if rank == 1:
                     alphas[0].view(-1)[0] = torch.nextafter(alphas[0].view(-1)[0],
                                                             alphas[0].new_tensor(1.0))
             try:
-                darts_fast.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
+                darts_fast.search.distributed.check_identical(alphas, dist.group.WORLD, "alphas")
                 drift = None
             except RuntimeError as e:
                 drift = str(e)

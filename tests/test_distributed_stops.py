@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from darts_fast.cli import checkpoint
 from test_distributed_cli import TINY, free_port
+
+from darts_fast.cli import checkpoint
 
 SEARCH = ["-m", "darts_fast", "search", *TINY[:-1], "--epochs", "50"]  # first order: faster
 # gloo's and NCCL's messages name the line of their source that raised.

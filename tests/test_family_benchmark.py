@@ -1,9 +1,8 @@
 """benchmarks/family.py: every case builds and runs (on small shapes), and its tables hold the
 ratios of the results they are given."""
+import family
 import pytest
 import torch
-
-import family
 
 
 @pytest.mark.parametrize("case", sorted(family.CASES))

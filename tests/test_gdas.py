@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import TOLERANCE, rel_err
 
 import darts_fast
-from darts_fast import gdas, reference
+from darts_fast import reference
 from darts_fast.cli import checkpoint, main
-from darts_fast.genotypes import PRIMITIVES, genotype_text, parse_genotype
-from darts_fast.search_step import SearchStep
-from helpers import TOLERANCE, rel_err
+from darts_fast.methods import gdas
+from darts_fast.search.step import SearchStep
+from darts_fast.spaces.cnn.genotypes import PRIMITIVES, genotype_text, parse_genotype
 
 TOL = TOLERANCE[torch.float64]
 ARGS = dict(momentum=0.9, weight_decay=5e-4, arch_learning_rate=3e-4, arch_weight_decay=1e-3)

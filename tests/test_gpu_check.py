@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
 import report
+import torch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.sh")
 

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-import darts_fast
-from darts_fast import gdas, reference
-from darts_fast.cli import data
-from darts_fast.pc_darts import PartialChannelMixedOp
 from helpers import TOLERANCE, rel_err
 from test_cli import TINY, error_of, write_cifar
+
+import darts_fast
+from darts_fast import reference
+from darts_fast.cli import data
+from darts_fast.methods import gdas
+from darts_fast.methods.pc_darts import PartialChannelMixedOp
 
 # Runs that the fixes refuse last one epoch where the code before them ran.
 ONE_EPOCH = [*TINY, "--epochs", "1"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from darts_fast import max_pool
+from darts_fast.layers import max_pool
 
 
 def saved_dtypes(fn, x):

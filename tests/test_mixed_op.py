@@ -2,12 +2,12 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import TOLERANCE, rel_err
 
 import darts_fast
-from darts_fast import mixed_op as fused_module
 from darts_fast import reference
-from darts_fast.search_model import Cell
-from helpers import TOLERANCE, rel_err
+from darts_fast.spaces.cnn import mixed_op as fused_module
+from darts_fast.spaces.cnn.network import Cell
 
 
 def pair(C, stride, device, dtype, seed=0, fold_batch_norm=True):

@@ -1,9 +1,9 @@
 """The multi-tensor ops against per-tensor loops, on fuzzed lists."""
 import pytest
 import torch
+from helpers import DEVICES
 
 from darts_fast import kernels
-from helpers import DEVICES
 
 CHUNK = 65536  # the kernels' chunk size: sizes around it cross chunk and launch boundaries
 

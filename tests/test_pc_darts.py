@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import TOLERANCE, rel_err
 
 import darts_fast
-from darts_fast import pc_darts, reference
-from darts_fast.genotypes import PRIMITIVES
-from helpers import TOLERANCE, rel_err
+from darts_fast import reference
+from darts_fast.methods import pc_darts
+from darts_fast.spaces.cnn.genotypes import PRIMITIVES
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4,
                              arch_weight_decay=1e-3)

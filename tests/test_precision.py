@@ -20,12 +20,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import rel_err
 
 import darts_fast
-from darts_fast import max_pool
 from darts_fast.cli.loop import cpu_threads
-
-from helpers import rel_err
+from darts_fast.layers import max_pool
 
 # Worst tensor measured with the decisions imposed: 2.6e-6; ten times that.
 TOLERANCE = 3e-5

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 import darts_fast
 from darts_fast import reference
-from darts_fast.genotypes import PRIMITIVES
+from darts_fast.spaces.cnn.genotypes import PRIMITIVES
 
 
 def count(model):

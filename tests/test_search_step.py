@@ -5,12 +5,12 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+from helpers import rel_err
 
 import darts_fast
 from darts_fast import reference
 from darts_fast.cli.loop import determinism
-from darts_fast.search_step import SearchStep
-from helpers import rel_err
+from darts_fast.search.step import SearchStep
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from darts_fast.cli import visualize
-from darts_fast.genotypes import DARTS_V2
+from darts_fast.spaces.cnn.genotypes import DARTS_V2
 
 ROWS = [{"epoch": str(e), "train_loss": f"{2.3 - 0.1 * e}", "train_acc": f"{10 + 5 * e}",
          "valid_loss": f"{2.4 - 0.1 * e}", "valid_acc": f"{9 + 5 * e}"} for e in range(1, 4)]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from darts_fast.cli import main, visualize
-from darts_fast.genotypes import DARTS_V2, PRIMITIVES, Genotype
+from darts_fast.spaces.cnn.genotypes import DARTS_V2, PRIMITIVES, Genotype
 
 # PC-DARTS' published CIFAR-10 cell, but node 0 of the normal cell takes both inputs from
 # c_{k-1}: two edges between the same two states.

@@ -1,9 +1,9 @@
 """The fused weighted sum against the Python sum, float64, gradcheck and opcheck."""
 import pytest
 import torch
+from helpers import DEVICES, TOLERANCE, rel_err
 
 from darts_fast import kernels
-from helpers import DEVICES, TOLERANCE, rel_err
 
 SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1,), (3, 70001)]  # the last spans several chunks
 

@@ -27,7 +27,12 @@ import zlib
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SubsetRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    SubsetRandomSampler,
+)
 
 from .errors import UsageError
 

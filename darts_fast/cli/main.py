@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from ..gdas import tau_limits
-from ..genotypes import GenotypeError
+from ..methods.gdas import tau_limits
+from ..spaces.cnn.genotypes import GenotypeError
 from . import search, train
-from .loop import cpu_threads
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
+from .loop import cpu_threads
 from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
 from .report import available_cpus
 from .run_dir import ADDED_LATER, NOT_STORED, RESUMABLE, check_new_folder, read_config

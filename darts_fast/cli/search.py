@@ -14,17 +14,17 @@ import torch
 import torch.nn as nn
 
 from .. import reference
-from ..architect import Architect
-from ..distributed import check_identical
-from ..gdas import GDASNetwork, tau_at
-from ..genotypes import genotype_text, genotype_to_dict
-from ..pc_darts import PCNetwork
-from ..search_model import Network
-from ..search_step import CaptureError, SearchStep
-from ..sync_batch_norm import SyncBatchNorm2d
-from . import data, loop, ranks as ranks_, visualize
+from ..methods.gdas import GDASNetwork, tau_at
+from ..methods.pc_darts import PCNetwork
+from ..search.architect import Architect
+from ..search.distributed import check_identical
+from ..search.step import CaptureError, SearchStep
+from ..search.sync_batch_norm import SyncBatchNorm2d
+from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict
+from ..spaces.cnn.network import Network
+from . import data, loop, visualize
+from . import ranks as ranks_
 from .errors import Diverged, UsageError
-
 
 # The authors' settings of each method (PC-DARTS: yuhuixu1993/PC-DARTS train_search.py; GDAS:
 # D-X-Y/AutoDL-Projects, its NASNet-space search script and configurations, whose 2 cells per

@@ -3,8 +3,8 @@ scratch, with drop path, the auxiliary head and cutout; each epoch leaves the te
 import torch
 import torch.nn as nn
 
-from ..eval_model import NetworkCIFAR
-from ..genotypes import genotype_text, genotype_to_dict, parse_genotype
+from ..spaces.cnn.eval_model import NetworkCIFAR
+from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict, parse_genotype
 from . import data, loop, ranks
 from .errors import UsageError
 

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..genotypes import PRIMITIVES
+from ..spaces.cnn.genotypes import PRIMITIVES
 
 DPI = 110
 

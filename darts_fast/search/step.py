@@ -49,7 +49,7 @@ rank 0's at every forward.
 import torch
 import torch.nn as nn
 
-from . import kernels
+from .. import kernels
 from .distributed import all_ranks_agree
 from .skip import all_finite, copy_into, count_skip, state_tensors
 

@@ -3,8 +3,16 @@ genotype, an auxiliary head, drop path."""
 import torch
 import torch.nn as nn
 
-from .operations import (OPS, FactorizedReduce, GlobalAvgPool, Identity, ReLUConvBN,
-                         forward_fast, reduction_cells, stem)
+from .operations import (
+    OPS,
+    FactorizedReduce,
+    GlobalAvgPool,
+    Identity,
+    ReLUConvBN,
+    forward_fast,
+    reduction_cells,
+    stem,
+)
 
 
 def drop_path(x, drop_prob):

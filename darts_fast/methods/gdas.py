@@ -55,8 +55,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .genotypes import PRIMITIVES, Genotype
-from .search_model import Network
+from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
+from ..spaces.cnn.network import Network
 
 # Draws redrawn in a row before the sampling gives up. A draw of finite alphas is redrawn when an
 # exponential draw is exactly 0 (rare: about one draw in 1e5 in float32) or when the logits

@@ -34,9 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from . import max_pool
+from ...kernels import batch_norm_weighted_sum, statistics_dtype, weighted_sum
+from ...layers import max_pool
 from .genotypes import PRIMITIVES
-from .kernels import batch_norm_weighted_sum, statistics_dtype, weighted_sum
 from .operations import Zero, candidate_ops
 
 

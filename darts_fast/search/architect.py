@@ -50,7 +50,7 @@ mode the real model sees one training pass per step (at :math:`w`), not three.
 import torch
 import torch.nn as nn
 
-from . import kernels
+from .. import kernels
 from .distributed import mean_over_ranks
 from .skip import all_finite, allocate_like, copy_into, count_skip, state_tensors
 

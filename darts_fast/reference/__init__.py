@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .gdas import GDASNetwork as _GDASNetwork
-from .genotypes import PRIMITIVES
-from .operations import candidate_ops
-from .pc_darts import PCNetwork as _PCNetwork
-from .search_model import Network as _Network
+from ..methods.gdas import GDASNetwork as _GDASNetwork
+from ..methods.pc_darts import PCNetwork as _PCNetwork
+from ..spaces.cnn.genotypes import PRIMITIVES
+from ..spaces.cnn.network import Network as _Network
+from ..spaces.cnn.operations import candidate_ops
 
 
 class MixedOp(nn.Module):

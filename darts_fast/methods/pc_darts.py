@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import max_pool
-from .genotypes import PRIMITIVES
-from .kernels import dense_layout
-from .mixed_op import MixedOp
-from .search_model import Network
+from ..kernels import dense_layout
+from ..layers import max_pool
+from ..spaces.cnn.genotypes import PRIMITIVES
+from ..spaces.cnn.mixed_op import MixedOp
+from ..spaces.cnn.network import Network
 
 
 class PartialChannelMixedOp(MixedOp):

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import dense_layout
+from ..kernels import dense_layout
 
 
 def is_depthwise(conv):

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..spaces.cnn.mixed_op import MixedOp
 from .distributed import sum_over_ranks
-from .mixed_op import MixedOp
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):

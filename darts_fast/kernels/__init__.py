@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _C  # noqa: F401  (loads the schemas and kernels)
+from .. import _C  # noqa: F401  (loads the schemas and kernels)
 
 _ops = torch.ops.darts_fast
 

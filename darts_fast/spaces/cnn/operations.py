@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import depthwise
+from ...layers import depthwise
 
 OPS = {
     "none": lambda C, stride, affine: Zero(stride),

@@ -1,0 +1,2 @@
+"""DARTS' convolutional search space: the candidate operations, the fused mixed op, the search
+network, the evaluation network and the genotypes."""
