@@ -254,14 +254,14 @@ PIPELINE_LOADERS = {"tensor": ("tensor", 0), "dataloader_0_workers": ("dataloade
 
 
 def input_pipeline(name, device):
-    from darts_fast.cli import data
+    from darts_fast.cli import datasets, loaders
 
     kind, workers = PIPELINE_LOADERS[name]
-    images, labels = data.synthetic_images(PIPELINE_IMAGES, seed=0)
+    images, labels = datasets.synthetic_images(PIPELINE_IMAGES, seed=0)
     options = types.SimpleNamespace(loader=kind, workers=workers, cutout=False, cutout_length=16,
                                     batch_size=STEP_CONFIG[torch.device(device).type]["batch"])
-    loader = data.loader(options, images, labels, range(PIPELINE_IMAGES), torch.device(device),
-                         augment=True, shuffle=True)
+    loader = loaders.loader(options, images, labels, range(PIPELINE_IMAGES),
+                            torch.device(device), augment=True, shuffle=True)
 
     def run():
         count = 0

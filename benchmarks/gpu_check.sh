@@ -102,7 +102,7 @@ PY
 # tool's outcome is recorded, with "device not supported" told apart from an error it found.
 sanitizer() {
   local selection="tests/test_weighted_sum.py tests/test_multi_tensor.py"
-  selection+=" tests/test_batch_norm_sum.py"
+  selection+=" tests/test_batch_norm_weighted_sum.py"
   local tool k
   : >"$out/sanitizer.log"
   for tool in memcheck racecheck synccheck; do

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 
 import torch

@@ -1,5 +1,5 @@
 // Schemas of every darts_fast operator, defined once. Kernels register per backend in
-// csrc/cpu and csrc/cuda; fake kernels and autograd are registered in darts_fast/kernels.py.
+// csrc/cpu and csrc/cuda; fake kernels and autograd are registered in darts_fast/kernels/.
 #include <Python.h>
 #include <torch/library.h>
 

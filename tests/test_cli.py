@@ -16,7 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from darts_fast.cli import checkpoint, data, main, run_dir
+from darts_fast.cli import (
+    augmentation,
+    checkpoint,
+    cifar10,
+    datasets,
+    loaders,
+    main,
+    run_dir,
+    stored_run,
+)
 from darts_fast.spaces.cnn.genotypes import DARTS_V2, genotype_text, parse_genotype
 
 # One batch per split and epoch: the smallest runs that still exercise every path.
@@ -164,7 +173,7 @@ def test_a_run_of_an_earlier_version_resumes(finished_search, tmp_path):
                 "--stop_after_epoch", "1"]) == 0
     config = json.loads((parts / "config.json").read_text())
     state = state_of(parts)
-    for name in run_dir.ADDED_LATER:
+    for name in stored_run.ADDED_LATER:
         del config["options"][name], state["options"][name]
     (parts / "config.json").write_text(json.dumps(config))
     with open(parts / "checkpoint.pt", "wb") as f:
@@ -175,7 +184,7 @@ def test_a_run_of_an_earlier_version_resumes(finished_search, tmp_path):
     # The resume rewrote config.json with them; a checkpoint of an earlier version still lacks
     # them when a resumed run stops before it writes its own.
     state = state_of(parts)
-    for name in run_dir.ADDED_LATER:
+    for name in stored_run.ADDED_LATER:
         del state["options"][name]
     with open(parts / "checkpoint.pt", "wb") as f:
         checkpoint.serialize(state, f)
@@ -213,7 +222,7 @@ def test_first_order_search_with_an_alpha_outside_the_loss(tmp_path):
 def write_cifar(folder, n=20, broken=None):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for name in [*data.CIFAR_TRAIN_FILES, data.CIFAR_TEST_FILE]:
+    for name in [*cifar10.CIFAR_TRAIN_FILES, cifar10.CIFAR_TEST_FILE]:
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                  b"labels": rng.integers(0, 10, n).tolist()}
         with open(folder / name, "wb") as f:
@@ -226,7 +235,7 @@ def write_cifar(folder, n=20, broken=None):
 
 def test_cifar_reader_folder_and_archive(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
-    images, labels = data.load_cifar10(str(tmp_path), train=True)
+    images, labels = cifar10.load_cifar10(str(tmp_path), train=True)
     assert images.shape == (100, 32, 32, 3) and images.dtype == np.uint8
     with open(folder / "data_batch_2", "rb") as f:
         batch = pickle.load(f, encoding="bytes")
@@ -236,9 +245,9 @@ def test_cifar_reader_folder_and_archive(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
-    from_archive = data.load_cifar10(str(archive), train=True)
+    from_archive = cifar10.load_cifar10(str(archive), train=True)
     assert np.array_equal(from_archive[0], images) and np.array_equal(from_archive[1], labels)
-    test_images, _ = data.load_cifar10(str(archive), train=False)
+    test_images, _ = cifar10.load_cifar10(str(archive), train=False)
     assert test_images.shape == (20, 32, 32, 3)
 
 
@@ -248,9 +257,9 @@ def test_batched_augmentation_equals_the_per_image_transform():
     top, left = torch.tensor([0, 8, 3, 4, 8, 1]), torch.tensor([8, 0, 5, 4, 2, 7])
     flip = torch.tensor([True, False, True, False, False, True])
     centre = (torch.tensor([0, 31, 10, 16, 5, 2]), torch.tensor([31, 0, 20, 16, 9, 30]))
-    got = data.augment(images, top, left, flip, centre, cutout_length=16)
-    mean, std = torch.tensor(data.CIFAR_MEAN).view(3, 1, 1), torch.tensor(data.CIFAR_STD).view(
-        3, 1, 1)
+    got = augmentation.augment(images, top, left, flip, centre, cutout_length=16)
+    mean = torch.tensor(augmentation.CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(augmentation.CIFAR_STD).view(3, 1, 1)
     for i in range(6):  # the original's order: pad+crop, flip, to [0,1], normalise, cutout
         padded = np.pad(images[i].numpy(), ((0, 0), (4, 4), (4, 4)))
         crop = padded[:, top[i]:top[i] + 32, left[i]:left[i] + 32]
@@ -262,12 +271,12 @@ def test_batched_augmentation_equals_the_per_image_transform():
 
 
 def test_loaders_cover_the_split_and_resume_the_same_batches():
-    images, labels = data.synthetic_images(40, seed=0)
+    images, labels = datasets.synthetic_images(40, seed=0)
     options = main.build_parser()[0].parse_args(["search", "--batch_size", "16"])
     for kind in ("tensor", "dataloader"):
         options.loader, options.workers = kind, 0
-        loader = data.loader(options, images, labels, range(10, 40), torch.device("cpu"),
-                             augment=False, shuffle=True)
+        loader = loaders.loader(options, images, labels, range(10, 40), torch.device("cpu"),
+                                augment=False, shuffle=True)
         torch.manual_seed(0)
         first = [y for _, y in loader]
         assert sorted(torch.cat(first).tolist()) == sorted(labels[10:40].tolist())
@@ -281,7 +290,7 @@ def test_sharded_order_deals_disjoint_equal_shards_pass_after_pass():
     deals it (padded with its start, every second index); a copy set to the same pass count
     (a resumed run) deals the same shards."""
     indices = range(10, 25)  # 15 indices: one padded
-    shards = [data.ShardedOrder(indices, rank, 2, seed=3, shuffle=True) for rank in range(2)]
+    shards = [loaders.ShardedOrder(indices, rank, 2, seed=3, shuffle=True) for rank in range(2)]
     passes = [[list(s) for s in shards] for _ in range(3)]
     for dealt in passes:
         assert [len(d) for d in dealt] == [8, 8]
@@ -289,12 +298,12 @@ def test_sharded_order_deals_disjoint_equal_shards_pass_after_pass():
         order = [i for pair in zip(*dealt) for i in pair]
         assert order[15] == order[0]  # the padding repeats the pass's first index
     assert passes[0] != passes[1] != passes[2]
-    resumed = data.ShardedOrder(indices, 1, 2, seed=3, shuffle=True)
+    resumed = loaders.ShardedOrder(indices, 1, 2, seed=3, shuffle=True)
     resumed.passes = 2
     assert list(resumed) == passes[2][1]
-    images, labels = data.synthetic_images(30, seed=0)
-    loader = data.TensorLoader(images, labels, indices, 3, torch.device("cpu"), False, True,
-                               shards=data.ShardedOrder(indices, 0, 2, seed=3, shuffle=True))
+    images, labels = datasets.synthetic_images(30, seed=0)
+    loader = loaders.TensorLoader(images, labels, indices, 3, torch.device("cpu"), False, True,
+                                  shards=loaders.ShardedOrder(indices, 0, 2, seed=3, shuffle=True))
     assert len(loader) == 3
     assert torch.cat([y for _, y in loader]).tolist() == labels[passes[0][0]].tolist()
 
@@ -313,7 +322,7 @@ def test_pc_darts_search_on_cifar_files_with_its_authors_schedule(tmp_path, caps
     --arch_start_epoch (the alphas and betas as initialised), then architecture steps; resumed
     across that boundary; edge weights in the alphas file; the PC-DARTS genotype rule."""
     from darts_fast import PCNetwork
-    from darts_fast.cli.loop import seed_everything
+    from darts_fast.cli.runtime import seed_everything
 
     cifar = write_cifar(tmp_path / "cifar", n=8)
     folder = tmp_path / "run"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from test_cli import TINY, copy_of, error_of, run, state_of
 
-from darts_fast.cli import loop, main, report, search
+from darts_fast import methods
+from darts_fast.cli import loaders, main, report, runtime, search
 from darts_fast.cli.ranks import Ranks
 
 
@@ -107,14 +108,14 @@ def test_every_option_has_a_help_line_that_shows_its_default(command, monkeypatc
     monkeypatch.setenv("COLUMNS", "100")
     parser = main.build_parser()[1][command]
     entries = help_entries(parser.format_help())
-    by_method = {name for values in search.METHOD_DEFAULTS.values() for name in values} \
-        if command == "search" else set()
+    defaults = [m.defaults for m in methods.methods().values()]
+    by_method = {name for values in defaults for name in values} if command == "search" else set()
     for action in parser._actions[1:]:  # after --help
         flag = action.option_strings[0]
         text = entries[flag]
         assert len(re.split(r"\(?default", text)[0].split()) >= 2, (flag, text)  # a description
         if action.dest in by_method:  # each method's own default
-            for values in search.METHOD_DEFAULTS.values():
+            for values in defaults:
                 if action.dest in values:
                     assert re.search(rf"default.*\b{re.escape(shown(values[action.dest]))}\b",
                                      text), (flag, text)
@@ -136,15 +137,15 @@ def test_every_option_has_a_help_line_that_shows_its_default(command, monkeypatc
 # --- what the log says: the batch used, busy cores ---------------------------------------------
 
 def test_batches_of_names_the_batch_used_and_the_clamp():
-    assert loop.batches_of(8, [24, 24]) == "of 8"
-    assert loop.batches_of(100000, [24, 24]) == \
+    assert loaders.batches_of(8, [24, 24]) == "of 8"
+    assert loaders.batches_of(100000, [24, 24]) == \
         "of 24; --batch_size 100000 clamped to the images a split holds"
-    assert loop.batches_of(20, [30, 18]) == \
+    assert loaders.batches_of(20, [30, 18]) == \
         "of 20 and 18; --batch_size 20 clamped to the images a split holds"
     two = Ranks(rank=0, world=2, group=object())
-    assert loop.batches_of(16, [24, 24], two) == \
+    assert loaders.batches_of(16, [24, 24], two) == \
         "of 12 per process; --batch_size 16 clamped to the images a split holds"
-    assert loop.batches_of(8, [24, 24], two) == "of 8 per process"
+    assert loaders.batches_of(8, [24, 24], two) == "of 8 per process"
 
 
 def test_more_threads_than_cpus_are_refused(capsys):
@@ -185,7 +186,7 @@ def test_the_log_names_the_clamped_batch_and_warns_once_of_busy_cores(tmp_path, 
 
 # --- threads, quoted commands, TensorBoard after a resume ----------------------------------------
 
-# Inside loop.cpu_threads(n), torch's default is n, as OMP_NUM_THREADS=n would set it.
+# Inside runtime.cpu_threads(n), torch's default is n, as OMP_NUM_THREADS=n would set it.
 
 def record_threads(folder, count):
     """Rewrites the thread count that the run in ``folder`` records (None: as an earlier version
@@ -207,7 +208,7 @@ def stopped(tmp_path_factory):
     """A search on --threads 1 where torch's default is 2, stopped after epoch 1, in a folder
     whose name a shell must quote; its output and the thread count of each step."""
     folder = tmp_path_factory.mktemp("threads") / "a run\nnamed 'odd'"
-    with loop.cpu_threads(2), step_threads() as counts:
+    with runtime.cpu_threads(2), step_threads() as counts:
         code, out, err = captured(["search", *TINY, "--epochs", "2", "--threads", "1",
                                    "--stop_after_epoch", "1", "--run_dir", folder])
         assert torch.get_num_threads() == 2  # restored after the run
@@ -237,7 +238,7 @@ def test_a_resume_on_another_thread_count_is_refused(stopped, capsys):
              ("config.json", "metrics.csv", "checkpoint.pt", "log.txt")}
     events = os.listdir(folder / "tensorboard")
     for default, given in ((2, []), (1, ["--threads", "2"])):  # torch's default, or given
-        with loop.cpu_threads(default):
+        with runtime.cpu_threads(default):
             assert error_of(["search", "--resume", folder, *given], capsys) == (
                 f"darts-fast search: error: the run in {str(folder)!r} was computed on 1 CPU "
                 f"thread(s) and this process would use 2: the numbers would differ from a run "
@@ -267,7 +268,7 @@ def test_allow_thread_change_continues_and_says_so(stopped, tmp_path):
 def test_a_run_of_an_earlier_version_without_a_thread_count_resumes(stopped, tmp_path):
     folder = copy_of(stopped[0], tmp_path)
     record_threads(folder, None)
-    with loop.cpu_threads(2):
+    with runtime.cpu_threads(2):
         assert run(["search", "--resume", folder, "--threads", "1"]) == 0
     assert "the checkpoint does not record its CPU thread count (an earlier darts-fast made " \
         "it): resuming on 1" in (folder / "log.txt").read_text()
@@ -282,7 +283,7 @@ def test_a_resume_on_the_recorded_threads_is_bit_identical_and_rewrites_tensorbo
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     full = tmp_path / "full"
-    with loop.cpu_threads(2):
+    with runtime.cpu_threads(2):
         assert run(["search", *TINY, "--epochs", "2", "--threads", "1", "--run_dir", full]) == 0
         folder = copy_of(stopped[0], tmp_path)
         header = (folder / "metrics.csv").read_text().splitlines()[0]

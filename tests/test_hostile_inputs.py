@@ -18,7 +18,7 @@ from test_cli import TINY, error_of, write_cifar
 
 import darts_fast
 from darts_fast import reference
-from darts_fast.cli import data
+from darts_fast.cli import cifar10
 from darts_fast.methods import gdas
 from darts_fast.methods.pc_darts import PartialChannelMixedOp
 
@@ -142,9 +142,9 @@ def test_an_official_batch_must_have_its_digest(tmp_path, capsys, monkeypatch):
     folder = write_cifar(tmp_path / "cifar", n=8)
     batch = folder / "data_batch_3"
     whole = batch.read_bytes()
-    monkeypatch.setitem(data.OFFICIAL_BATCHES, "data_batch_3",
+    monkeypatch.setitem(cifar10.OFFICIAL_BATCHES, "data_batch_3",
                         (len(whole), hashlib.md5(whole).hexdigest()))
-    assert len(data.load_cifar10(str(folder))[1]) == 40  # the intact file is read
+    assert len(cifar10.load_cifar10(str(folder))[1]) == 40  # the intact file is read
     flip(batch, len(whole) - 200)  # a pixel of the last image
     assert search_error(tmp_path, capsys, folder) == (
         f"darts-fast search: error: CIFAR-10 file 'DATA/data_batch_3' is damaged: it has the "
@@ -289,7 +289,7 @@ def test_an_empty_batch_gives_what_the_original_gives(stride):
         ref = reference.MixedOp(8, stride)
         assert_same(fused, ref, fused(x, w), ref(x, w), x, w)
         for index in range(8):
-            assert_same(fused, ref, fused.forward_gdas(x, w, index),
+            assert_same(fused, ref, fused(x, w, [index]),
                         ref.forward_gdas(x, w, index), x, w)
 
 

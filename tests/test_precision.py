@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from helpers import rel_err
 
 import darts_fast
-from darts_fast.cli.loop import cpu_threads
+from darts_fast.cli.runtime import cpu_threads
 from darts_fast.layers import max_pool
 
 # Worst tensor measured with the decisions imposed: 2.6e-6; ten times that.

@@ -9,7 +9,7 @@ from helpers import rel_err
 
 import darts_fast
 from darts_fast import reference
-from darts_fast.cli.loop import determinism
+from darts_fast.cli.runtime import determinism
 from darts_fast.search.step import SearchStep
 
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
@@ -74,7 +74,7 @@ def test_equals_the_original_loop_body(impl, unrolled):
         for i, lr in enumerate(LRS[:3]):
             set_lr(optimizer, lr)
             data = batch("cpu", torch.float32, i)
-            loss, logits = (step(*data, lr) if use_step else
+            loss, _ = (step(*data, lr) if use_step else
                             original_body(model, architect, optimizer, data, lr, unrolled))
             losses.append(loss.detach())
         runs.append((losses, [t.detach().clone() for t in everything(model, optimizer,
@@ -131,7 +131,7 @@ class TestBadInput:
             SearchStep(model, architect, optimizer, grad_clip=-1)
 
     def test_no_criterion(self):
-        model, optimizer, architect = setup("cpu")
+        _, optimizer, architect = setup("cpu")
         with pytest.raises(TypeError, match="give a criterion"):
             SearchStep(nn.Sequential(nn.Linear(2, 2)), architect, optimizer)
 
@@ -139,6 +139,43 @@ class TestBadInput:
         model, optimizer, architect = setup("cpu")
         with pytest.raises(ValueError, match="warmup must be an integer >= 1"):
             SearchStep(model, architect, optimizer, warmup=0)
+
+    @pytest.mark.parametrize("result, error, message", [
+        (lambda loss: [loss, None, None], TypeError, (r"loss_fn\(model, batch\) must return a "
+                                                      r"0-dim loss tensor or \(loss, output\), "
+                                                      r"got a list of 3")),
+        (lambda loss: (loss.reshape(1, 1), None), ValueError, r"shape \(1, 1\)"),
+        (lambda loss: None, TypeError, "got None"),
+    ])
+    def test_loss_fn_result(self, result, error, message):
+        model, optimizer, architect = setup("cpu")
+        step = SearchStep(model, architect, optimizer,
+                          loss_fn=lambda m, b: result(m._loss(*b)))
+        data = batch("cpu", torch.float32, 0)
+        weights = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(error, match=message):
+            step.step_batches(data[:2], data[2:], LRS[0])
+        assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
+
+    def test_criterion_and_loss_fn(self):
+        model, optimizer, architect = setup("cpu")
+        with pytest.raises(ValueError, match="give criterion or loss_fn, not both"):
+            SearchStep(model, architect, optimizer, nn.CrossEntropyLoss(),
+                       loss_fn=lambda m, b: m._loss(*b))
+
+    def test_batch_form_without_loss_fn(self):
+        model, optimizer, _ = setup("cpu")
+        x, y, xv, yv = batch("cpu", torch.float32, 0)
+        with pytest.raises(TypeError, match=r"without loss_fn a batch must be \(input, target\), "
+                                            r"got a dict"):
+            SearchStep(model, None, optimizer).step_batches({"x": x, "y": y}, (xv, yv), LRS[0])
+
+    def test_batch_form_with_the_original_architect(self):
+        model, optimizer, architect = setup("cpu", network=reference.Network,
+                                            architect=reference.Architect)
+        data = batch("cpu", torch.float32, 0)
+        with pytest.raises(TypeError, match="the architect must offer step_batches"):
+            SearchStep(model, architect, optimizer).step_batches(data[:2], data[2:], LRS[0])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -170,9 +207,46 @@ def test_cuda_graph_replay_equals_the_eager_step(unrolled):
     assert len(step._graphs) == 0  # the eager run captured nothing
 
 
+def scaled_loss(model, batch):
+    """A loss_fn on batches {"data": (x, y), "scale": a number}, returning (loss, a dict)."""
+    x, y = batch["data"]
+    logits = model(x)
+    return model._criterion(logits, y) * batch["scale"], {"logits": logits}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_batches_of_any_structure():
+    """step_batches on dict batches holding a number, which a graph holds as captured: a new
+    number is a new graph. Losses, outputs, alphas and weights within 1e-6 of the eager step;
+    no host synchronisation while replaying."""
+    runs = []
+    for cuda_graph in (True, False):
+        model, optimizer, _ = setup("cuda", dtype=torch.float32)
+        architect = darts_fast.Architect(model, ARGS, loss_fn=lambda m, b: scaled_loss(m, b)[0])
+        step = SearchStep(model, architect, optimizer, unrolled=True, cuda_graph=cuda_graph,
+                          warmup=1, loss_fn=scaled_loss)
+        outputs = []
+        for i in range(6):
+            x, y, xv, yv = batch("cuda", torch.float32, i)
+            scale = 1.0 if i < 3 else 0.5
+            if cuda_graph and i == 2:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                loss, out = step.step_batches({"data": (x, y), "scale": scale},
+                                              {"data": (xv, yv), "scale": scale}, LRS[0])
+                outputs += [loss.clone(), out["logits"].clone()]
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        runs.append((outputs, [t.detach().clone() for t in
+                               [*model.parameters(), *model.arch_parameters()]]))
+        assert len(step._graphs) == (2 if cuda_graph else 0)
+    (outputs, tensors), (outputs0, tensors0) = runs
+    assert max(rel_err(a, b) for a, b in zip(outputs + tensors, outputs0 + tensors0)) < 1e-6
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_architect_step_does_not_synchronise():
-    model, optimizer, architect = setup("cuda", dtype=torch.float32)
+    _, optimizer, architect = setup("cuda", dtype=torch.float32)
     data = batch("cuda", torch.float32, 0)
     lr = torch.tensor(0.025, device="cuda")
     for unrolled in (True, False, True):

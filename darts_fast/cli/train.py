@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..spaces.cnn.eval_model import NetworkCIFAR
 from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict, parse_genotype
-from . import data, loop, ranks
+from . import cifar10, datasets, loaders, loop, ranks, runtime
 from .errors import UsageError
 
 
@@ -15,11 +15,11 @@ def run(options):
     if options.genotype is None:
         raise UsageError("train needs --genotype (a JSON file, a name, or Genotype(...) text)")
     genotype = parse_genotype(options.genotype)
-    device = loop.auto_device(options)
-    (train_images, train_labels), (test_images, test_labels) = data.train_test_data(options)
-    loop.seed_everything(options.seed)
+    device = runtime.auto_device(options)
+    (train_images, train_labels), (test_images, test_labels) = datasets.train_test_data(options)
+    runtime.seed_everything(options.seed)
     try:
-        model = NetworkCIFAR(options.init_channels, data.NUM_CLASSES, options.layers,
+        model = NetworkCIFAR(options.init_channels, cifar10.NUM_CLASSES, options.layers,
                              options.auxiliary, genotype).to(device)
     except ValueError as e:
         raise UsageError(f"--auxiliary: {e}") from None
@@ -29,10 +29,10 @@ def run(options):
     job = TrainJob(options, model, optimizer, scheduler, nn.CrossEntropyLoss(), device)
     job.genotype = genotype
     job.train_images = len(train_labels)
-    job.train_loader = data.loader(options, train_images, train_labels,
-                                   range(len(train_labels)), device, True, True)
-    job.test_loader = data.loader(options, test_images, test_labels, range(len(test_labels)),
-                                  device, False, False)
+    job.train_loader = loaders.loader(options, train_images, train_labels,
+                                      range(len(train_labels)), device, True, True)
+    job.test_loader = loaders.loader(options, test_images, test_labels, range(len(test_labels)),
+                                     device, False, False)
     return loop.run(job)
 
 
@@ -77,7 +77,7 @@ class TrainJob(loop.Job):
         params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
         return (f"training {params / 1e6:.2f}M parameters on {self.device}, "
                 f"{self.options.dataset} data ({len(self.train_loader)} batches "
-                f"{loop.batches_of(self.options.batch_size, [self.train_images])}), "
+                f"{loaders.batches_of(self.options.batch_size, [self.train_images])}), "
                 f"{self.options.loader} loader")
 
     def output_lines(self, run):

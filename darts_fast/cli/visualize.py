@@ -127,25 +127,27 @@ def _cell_matplotlib(edges, concat, title):
     return _png(fig)
 
 
-def alphas_png(normal, reduce, title, edge_weights=None):
-    """Heatmaps of the softmaxed alphas (edges x operations) of both cell types; with
-    ``edge_weights`` (PC-DARTS': per node, the softmax of the betas of its edges, normal and
-    reduction) a bar of each edge's weight beside its row, as the genotype weighs it."""
-    fig, images, bars = _alphas_figure(len(normal), edge_weights is not None)
-    for image, weights in zip(images, (normal, reduce)):
-        image.set_data(weights)
+def alphas_png(tables, title):
+    """Heatmaps of the candidate weights (edges x candidates) of the normal and the reduction
+    cell, from their ``ArchitectureTable``s; where a table has per-edge scales (PC-DARTS': per
+    node, the softmax of the betas of its edges) a bar of each edge's scale beside its row, as the
+    genotype weighs it."""
+    scaled = tables[0].edge_scale is not None
+    fig, images, bars = _alphas_figure(tables[0].edges, tables[0].candidates, scaled)
+    for image, table in zip(images, tables):
+        image.set_data(table.weights.numpy())
         # The colour scale spans this matrix's own range: early in a search every weight is near
         # 1/8 and a fixed 0..1 scale would show nothing.
         image.autoscale()
-    for cell_bars, weights in zip(bars, edge_weights or ()):
-        for bar, weight in zip(cell_bars, weights):
+    for cell_bars, table in zip(bars, tables if scaled else ()):
+        for bar, weight in zip(cell_bars, table.edge_scale.tolist()):
             bar.set_width(weight)
     fig.suptitle(title)
     return _png(fig)
 
 
 @functools.lru_cache(maxsize=2)
-def _alphas_figure(edges, edge_weights):
+def _alphas_figure(edges, candidates, edge_weights):
     fig = _figure((16 if edge_weights else 13, 5.5))
     # Margins fit the longest labels: 'c_{k-2} -> 0' and the ylabel on the left, the slanted
     # operation names below, the colour bar's ticks (past the edge weights) on the right, the
@@ -155,19 +157,22 @@ def _alphas_figure(edges, edge_weights):
     else:
         fig.subplots_adjust(left=0.085, right=0.955, bottom=0.17, top=0.89, wspace=0.4)
     images, bars = [], []
+    rows = len(edges)
     for ax, name in zip(fig.subplots(1, 2), ("normal", "reduction")):
-        images.append(ax.imshow(np.zeros((edges, len(PRIMITIVES))), cmap="viridis", aspect="auto"))
-        ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(edges), _edge_labels(edges), fontsize=8)
+        images.append(ax.imshow(np.zeros((rows, len(candidates))), cmap="viridis",
+                                aspect="auto"))
+        ax.set_xticks(range(len(candidates)), candidates, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(rows), [_edge_label(j, node) for j, node in edges], fontsize=8)
         ax.set_ylabel("edge (input -> node)")
         ax.set_title(f"{name} cell")
         if not edge_weights:
             fig.colorbar(images[-1], ax=ax, fraction=0.046)
             continue
         side = ax.inset_axes((1.04, 0, 0.24, 1), sharey=ax)
-        bars.append(side.barh(range(edges), np.zeros(edges), height=0.7, color="darkorange"))
-        for row in _node_starts(edges)[1:]:  # each node's edges share one softmax
-            side.axhline(row - 0.5, color="gray", lw=0.6)
+        bars.append(side.barh(range(rows), np.zeros(rows), height=0.7, color="darkorange"))
+        for row in range(1, rows):  # each node's edges share one softmax
+            if edges[row][1] != edges[row - 1][1]:
+                side.axhline(row - 0.5, color="gray", lw=0.6)
         side.set_xlim(0, 1)
         side.set_xticks((0, 0.5, 1), ("0", "0.5", "1"), fontsize=8)
         side.tick_params(labelleft=False)
@@ -176,22 +181,11 @@ def _alphas_figure(edges, edge_weights):
     return fig, images, bars
 
 
-def _node_starts(count):
-    """The alpha rows where each node's edges begin: 0, 2, 5, 9, ..."""
-    starts = [0]
-    while starts[-1] + len(starts) + 1 < count:
-        starts.append(starts[-1] + len(starts) + 1)
-    return starts
-
-
-def _edge_labels(count):
-    """'c_{k-2} -> 0', 'c_{k-1} -> 0', 'c_{k-2} -> 1', ..., '0 -> 1', ... in alpha row order."""
-    labels, node = [], 0
-    while len(labels) < count:
-        names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(node)]
-        labels += [f"{n} -> {node}" for n in names]
-        node += 1
-    return labels[:count]
+def _edge_label(source, node):
+    """'c_{k-2} -> 0' for the edge from state ``source`` to state ``node`` (the cell's inputs are
+    states 0 and 1, its first node state 2, labelled 0)."""
+    name = ("c_{k-2}", "c_{k-1}")[source] if source < 2 else str(source - 2)
+    return f"{name} -> {node - 2}"
 
 
 def curves_png(rows):

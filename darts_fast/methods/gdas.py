@@ -49,14 +49,17 @@ The search step is GDAS' order: the weight step first, then the first-order arch
 the validation batch, each pass with its own draw (``SearchStep(..., weights_first=True,
 unrolled=False)`` with ``darts_fast.Architect``: Adam with betas (0.5, 0.999) on the alphas).
 """
+import argparse
 import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
+from .. import reference
+from ..spaces.cnn.architecture import CellArchitecture, pairs_rule
 from ..spaces.cnn.network import Network
+from .registry import Method, MethodOptionError, register
 
 # Draws redrawn in a row before the sampling gives up. A draw of finite alphas is redrawn when an
 # exponential draw is exactly 0 (rare: about one draw in 1e5 in float32) or when the logits
@@ -111,6 +114,7 @@ class GDASNetwork(Network):
 
     # The forward pass reads the sampled candidates on the host.
     capturable = False
+    genotype_rule = staticmethod(pairs_rule)
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, **options):
@@ -167,28 +171,64 @@ class GDASNetwork(Network):
         finally:
             self._sampled = None
 
-    def _cell_weights(self, reduction):
+    def cell_architecture(self, reduction):
         hardwts, indices = self._sampled[int(reduction)]
-        return hardwts, None, indices
+        return CellArchitecture(hardwts, active=[(k,) for k in indices])
 
-    def genotype(self):
-        """The authors' rule for this space: per node, every (candidate, input) pair over the
-        non-none candidates of its incoming edges, ranked by softmax weight (ties keep the order
-        of inputs, then candidates); the two strongest are kept, possibly from one input."""
-        none = PRIMITIVES.index("none")
 
-        def parse(weights):
-            gene, start = [], 0
-            for node in range(self._steps):
-                pairs = [(PRIMITIVES[k], j, weights[start + j][k])
-                         for j in range(node + 2) for k in range(len(PRIMITIVES)) if k != none]
-                gene += [(op, j) for op, j, _ in sorted(pairs, key=lambda p: -p[2])[:2]]
-                start += node + 2
-            return gene
+class GDAS(Method):
+    name = "gdas"
+    summary = "one Gumbel-sampled candidate per edge, weight step first"
+    # D-X-Y/AutoDL-Projects, its NASNet-space search script and configurations, whose 2 cells per
+    # stage make 6 cells, reduced where 6 layers of the DARTS network reduce.
+    defaults = {"layers": 6, "batch_size": 256, "learning_rate": 0.025, "learning_rate_min": 0.001,
+                "weight_decay": 5e-4, "nesterov": True, "epochs": 250, "arch_learning_rate": 3e-4,
+                "arch_start_epoch": 0, "tau_max": 10.0, "tau_min": 0.1, "conv_bias": False,
+                "track_running_stats": True}
+    weights_first = True
+    second_order = False
+    one_process = ("each rank would draw its own candidates (the ranks' random streams differ "
+                   "for their augmentations) and DDP would find weights that some ranks did not "
+                   "use")
 
-        with torch.no_grad():
-            normal, reduce = (F.softmax(a, dim=-1).cpu().numpy()
-                              for a in (self.alphas_normal, self.alphas_reduce))
-        concat = range(2 + self._steps - self._multiplier, self._steps + 2)
-        return Genotype(normal=parse(normal), normal_concat=concat, reduce=parse(reduce),
-                        reduce_concat=concat)
+    def networks(self):
+        return GDASNetwork, reference.GDASNetwork
+
+    def add_options(self, group, kinds):
+        # The search's alphas are float32: a temperature outside its normal numbers hangs or
+        # flattens the Gumbel-softmax.
+        low, high = tau_limits(torch.float32)
+        temperature = kinds.number(float, low, high, what=f"a finite number > 0 that float32 "
+                                                          f"carries ({low:g} to {high:g})")
+        group.add_argument("--tau_max", type=temperature, default=None,
+                           help="the Gumbel-softmax temperature of the first epoch")
+        group.add_argument("--tau_min", type=temperature, default=None,
+                           help="the temperature of the last epoch, reached linearly")
+        group.add_argument("--conv_bias", action=argparse.BooleanOptionalAction, default=None,
+                           help="a bias on every convolution before an affine-free BatchNorm, "
+                                "as the authors' cells have (it cancels in training but moves "
+                                "the running means and adds parameters)")
+        group.add_argument("--track_running_stats", action=argparse.BooleanOptionalAction,
+                           default=None,
+                           help="the candidates' and preprocessing's BatchNorms keep running "
+                                "statistics (the authors' script's option; without them "
+                                "evaluation uses batch statistics)")
+
+    def network_options(self, options):
+        return {"conv_bias": options.conv_bias,
+                "track_running_stats": options.track_running_stats}
+
+    def check(self, options):
+        if options.tau_min > options.tau_max:
+            raise MethodOptionError(
+                f"--tau_min {options.tau_min:g} must not exceed --tau_max {options.tau_max:g} "
+                f"(the temperature falls from tau_max to tau_min)")
+
+    def begin_epoch(self, model, epoch, options):
+        model.tau = tau_at(epoch, options.epochs, options.tau_max, options.tau_min)
+
+    def describe(self, options):
+        return f"(tau {options.tau_max:g} to {options.tau_min:g}, weight step first)"
+
+
+METHOD = register(GDAS())

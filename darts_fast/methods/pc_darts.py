@@ -20,10 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import dense_layout
+from .. import reference
 from ..layers import max_pool
 from ..spaces.cnn.genotypes import PRIMITIVES
 from ..spaces.cnn.mixed_op import MixedOp
 from ..spaces.cnn.network import Network
+from .registry import Method, MethodOptionError, register
 
 
 class PartialChannelMixedOp(MixedOp):
@@ -35,18 +37,19 @@ class PartialChannelMixedOp(MixedOp):
     intermediate."""
 
     def __init__(self, C, stride, k=4, primitives=PRIMITIVES, recompute=False,
-                 fold_batch_norm=True):
+                 fold_batch_norm=True, conv_bias=False, track_running_stats=True):
         if not (isinstance(k, int) and k >= 1 and C % k == 0):
             raise ValueError(f"PartialChannelMixedOp: k must be a positive integer dividing "
                              f"C={C}, got {k!r}")
-        super().__init__(C // k, stride, primitives, recompute, fold_batch_norm)
+        super().__init__(C // k, stride, primitives, recompute, fold_batch_norm, conv_bias,
+                         track_running_stats)
         self.mp = nn.MaxPool2d(2, 2)
         self.k = k
         self.stride = stride
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, active=None):
         if self.k == 1:  # every channel goes through the candidates
-            return super().forward(x, weights)
+            return super().forward(x, weights, active)
         self._check_weights(weights)
         if x.dim() != 4 or x.shape[1] % self.k:
             raise ValueError(f"PartialChannelMixedOp: x must be 4-D with a multiple of k="
@@ -57,8 +60,21 @@ class PartialChannelMixedOp(MixedOp):
         # of x pooled whole (a pool would copy their slice first; pooling is per channel).
         x_part = x[:, :part].contiguous(memory_format=dense_layout(x))
         rest = max_pool.max_pool2d(self.mp, x)[:, part:] if self.stride == 2 else x[:, part:]
-        return self._run(self._mix, x_part, weights[self._weight_index], self._computed, rest,
-                         self.k)
+        if active is None:
+            ks, rows = self._computed, weights[self._weight_index]
+        else:
+            ks, rows = self._active(weights, active)
+            if not ks:  # only 'none': zeros in the candidates' channels
+                return channel_shuffle(torch.cat([self._zero(x_part, weights, active), rest], 1),
+                                       self.k)
+        return self._run(self._mix, x_part, rows, ks, rest, self.k)
+
+
+def channel_shuffle(x, groups):
+    """The channels of ``x`` [N, C, H, W] read group-interleaved: output channel ``c * groups + g``
+    is input channel ``g * C / groups + c``."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class PCNetwork(Network):
@@ -87,14 +103,42 @@ class PCNetwork(Network):
             start += node + 2
         return torch.cat(parts)
 
-    def _cell_weights(self, reduction):
+    def cell_architecture(self, reduction):
         betas = self.betas_reduce if reduction else self.betas_normal
-        return (*super()._cell_weights(reduction), self.edge_weights(betas))
+        return super().cell_architecture(reduction)._replace(edge_scale=self.edge_weights(betas))
 
-    def genotype(self):
-        with torch.no_grad():
-            normal, reduce = (
-                (F.softmax(alphas, dim=-1) * self.edge_weights(betas)[:, None]).cpu().numpy()
-                for alphas, betas in ((self.alphas_normal, self.betas_normal),
-                                      (self.alphas_reduce, self.betas_reduce)))
-        return self._genotype(normal, reduce)
+    def edge_scales(self):
+        """The genotype ranks a node's edges by the candidate weights times these, as the
+        authors' code does."""
+        return self.edge_weights(self.betas_normal), self.edge_weights(self.betas_reduce)
+
+
+class PCDARTS(Method):
+    name = "pc-darts"
+    summary = "partial channel connections and edge normalisation"
+    # yuhuixu1993/PC-DARTS train_search.py.
+    defaults = {"layers": 8, "batch_size": 256, "learning_rate": 0.1, "learning_rate_min": 0.001,
+                "weight_decay": 3e-4, "nesterov": False, "epochs": 50, "arch_learning_rate": 6e-4,
+                "arch_start_epoch": 15, "partial_channels": 4}
+
+    def networks(self):
+        return PCNetwork, reference.PCNetwork
+
+    def add_options(self, group, kinds):
+        group.add_argument("--partial_channels", type=kinds.positive_int, default=None,
+                           metavar="K", help="the candidates see 1/K of the channels")
+
+    def network_options(self, options):
+        return {"k": options.partial_channels}
+
+    def check(self, options):
+        if options.init_channels % options.partial_channels:
+            raise MethodOptionError(
+                f"--partial_channels {options.partial_channels} must divide --init_channels "
+                f"{options.init_channels} (the candidates see 1/K of each edge's channels)")
+
+    def describe(self, options):
+        return f"(k={options.partial_channels})"
+
+
+METHOD = register(PCDARTS())

@@ -1,5 +1,11 @@
 r"""The fused DARTS architect, a drop-in for the original ``Architect(model, args)``.
 
+Every loss below is ``loss_fn(model, batch)``, by default the original's ``model._loss(*batch)``
+on the batches ``(input, target)`` of ``step``. ``step_batches`` takes whole batches of any
+structure (the recurrent cell's ``(hidden, input, target)`` with a ``loss_fn`` that returns its
+loss alone, a dict, nestings of these): :math:`L_{train}` is the loss on ``train_batch``,
+:math:`L_{val}` on ``valid_batch``.
+
 Second order (``unrolled=True``), with :math:`w` the weights, :math:`\alpha` the architecture,
 :math:`\mu` = ``args.momentum``, ``wd`` = ``args.weight_decay`` and ``buf`` the SGD momentum
 buffers (zeros before the first SGD step):
@@ -52,13 +58,20 @@ import torch.nn as nn
 
 from .. import kernels
 from .distributed import mean_over_ranks
+from .loss import model_loss, scalar_loss
 from .skip import all_finite, allocate_like, copy_into, count_skip, state_tensors
+from .weights import check_weights, momentum_buffers, swap_in
 
 _HESSIANS = ("finite_difference", "exact")
 
 
 class Architect:
-    def __init__(self, model, args, hessian="finite_difference", process_group=None):
+    """``loss_fn(model, batch) -> loss`` (a 0-dim tensor; by default ``model._loss(*batch)``)
+    is called with the model the architect steps: the module itself where a DDP wrapper is
+    given."""
+
+    def __init__(self, model, args, hessian="finite_difference", process_group=None,
+                 loss_fn=None):
         if isinstance(model, nn.parallel.DistributedDataParallel):
             # The passes go through the module itself: DDP reduces only what .backward()
             # accumulates, and the architect reduces its own gradients (see step).
@@ -66,12 +79,15 @@ class Architect:
             model = model.module
         if not callable(getattr(model, "arch_parameters", None)):
             raise TypeError(
-                f"Architect: model must offer arch_parameters() (and parameters(), _loss()), "
-                f"got {type(model).__name__}"
+                f"Architect: model must offer arch_parameters() (and parameters()), got "
+                f"{type(model).__name__}"
             )
-        if not callable(getattr(model, "_loss", None)):
-            raise TypeError(f"Architect: model must offer _loss(input, target), got "
-                            f"{type(model).__name__}")
+        if loss_fn is None and not callable(getattr(model, "_loss", None)):
+            raise TypeError(f"Architect: model must offer _loss(input, target), or give "
+                            f"loss_fn(model, batch), got {type(model).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"Architect: loss_fn must be callable as loss_fn(model, batch), got "
+                            f"{type(loss_fn).__name__}")
         for name in ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay"):
             if not hasattr(args, name):
                 raise TypeError(f"Architect: args must have the attribute {name!r}")
@@ -86,6 +102,7 @@ class Architect:
         self.model = model
         self.hessian = hessian
         self.process_group = process_group
+        self.loss_fn = model_loss if loss_fn is None else loss_fn
         self.optimizer = torch.optim.Adam(
             alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
             weight_decay=args.arch_weight_decay, capturable=alphas[0].is_cuda,
@@ -98,13 +115,9 @@ class Architect:
 
     def step(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer,
              unrolled):
-        """One architecture step. ``eta`` (the weights' learning rate) is a number or a 0-dim
-        tensor; a device tensor lets a captured step replay with the rate of the moment.
-
-        No host synchronisation. When a loss or the alpha gradient is not finite, the step is
-        undone on the device, the way ``torch.amp.GradScaler`` skips an optimizer step: weights,
-        BatchNorm statistics, alphas and Adam's state stay as they were, and ``skipped_steps``
-        (a 0-dim tensor on the alphas' device) counts it."""
+        """The original's call: ``step_batches`` on the batches ``(input_train, target_train)``
+        and ``(input_valid, target_valid)``, which must be tensors holding as many inputs as
+        targets, the inputs of one sample shape."""
         _check_batch("train", input_train, target_train)
         _check_batch("valid", input_valid, target_valid)
         if input_train.shape[1:] != input_valid.shape[1:]:
@@ -112,24 +125,37 @@ class Architect:
                 f"Architect.step: input_train and input_valid must have the same sample shape, "
                 f"got {tuple(input_train.shape)} and {tuple(input_valid.shape)}"
             )
+        self.step_batches((input_train, target_train), (input_valid, target_valid), eta,
+                          network_optimizer, unrolled)
+
+    def step_batches(self, train_batch, valid_batch, eta, network_optimizer, unrolled):
+        """One architecture step on two batches, each passed whole to ``loss_fn``. ``eta`` (the
+        weights' learning rate) is a number or a 0-dim tensor; a device tensor lets a captured
+        step replay with the rate of the moment.
+
+        No host synchronisation. When a loss or the alpha gradient is not finite, the step is
+        undone on the device, the way ``torch.amp.GradScaler`` skips an optimizer step: weights,
+        BatchNorm statistics, alphas and Adam's state stay as they were, and ``skipped_steps``
+        (a 0-dim tensor on the alphas' device) counts it."""
         self.optimizer.zero_grad()
         alphas = list(self.model.arch_parameters())
         buffers = list(self.model.buffers())
         self._saved_buffers = copy_into(self._saved_buffers, buffers)
         try:
             if unrolled:
-                grads, checks = self._unrolled_grads(input_train, target_train, input_valid,
-                                                     target_valid, eta, network_optimizer)
+                grads, checks = self._unrolled_grads(train_batch, valid_batch, eta,
+                                                     network_optimizer)
             else:
-                loss = self.model._loss(input_valid, target_valid)
+                loss = self._loss(valid_batch)
                 grads = torch.autograd.grad(loss, alphas, allow_unused=True)
                 unused = [g is None for g in grads]
                 loss, *grads = mean_over_ranks([loss, *_zeros_for_none(grads, alphas)],
                                                self.process_group)
                 grads, checks = _none_where(unused, grads), [loss]
         except BaseException:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, self._saved_buffers)
+            if buffers:  # the foreach kernels refuse empty lists
+                with torch.no_grad():
+                    torch._foreach_copy_(buffers, self._saved_buffers)
             raise
         finite = all_finite([*checks, *(g for g in grads if g is not None)])
         # An alpha that takes no part in the loss (the normal cells' alphas of a network made only
@@ -159,17 +185,19 @@ class Architect:
         created = state_tensors(self.optimizer, [a for a in alphas if id(a) in fresh])
         return before + created, self._saved_adam + [torch.zeros_like(t) for t in created]
 
-    def _unrolled_grads(self, input_train, target_train, input_valid, target_valid, eta,
-                        network_optimizer):
+    def _loss(self, batch):
+        return scalar_loss(self.loss_fn(self.model, batch), "Architect: loss_fn(model, batch)")
+
+    def _unrolled_grads(self, train_batch, valid_batch, eta, network_optimizer):
         model = self.model
         params = list(model.parameters())
         alphas = list(model.arch_parameters())
-        _check_weights(params)
-        bufs = _momentum_buffers(network_optimizer, model, params)
+        check_weights(params)
+        bufs = momentum_buffers(network_optimizer, model, params)
         exact = self.hessian == "exact"
 
         group = self.process_group
-        loss_train = model._loss(input_train, target_train)
+        loss_train = self._loss(train_batch)
         grad_w = torch.autograd.grad(loss_train, params, create_graph=exact)
         loss_train, *mean_grad_w = mean_over_ranks([loss_train, *grad_w], group)
         weights = [p.data for p in params]
@@ -187,14 +215,14 @@ class Architect:
         buffer_data = [b.data for b in buffers]
         was_training = model.training
         try:
-            _swap_in(params, shadow)
-            _swap_in(buffers, self._shadow_buffers)
+            swap_in(params, shadow)
+            swap_in(buffers, self._shadow_buffers)
             model.train()
-            loss_valid = model._loss(input_valid, target_valid)
+            loss_valid = self._loss(valid_batch)
             grads = torch.autograd.grad(loss_valid, alphas + params, allow_unused=True)
         finally:
-            _swap_in(params, weights)
-            _swap_in(buffers, buffer_data)
+            swap_in(params, weights)
+            swap_in(buffers, buffer_data)
             model.train(was_training)
         unused = [g is None for g in grads[:len(alphas)]]
         loss_valid, *grads = mean_over_ranks([loss_valid, *_zeros_for_none(grads, alphas + params)],
@@ -214,16 +242,16 @@ class Architect:
             torch._foreach_copy_(shadow, weights)
             kernels.multi_tensor_axpy_(shadow, v, r)
         try:
-            _swap_in(params, shadow)
-            loss_pos = model._loss(input_train, target_train)
+            swap_in(params, shadow)
+            loss_pos = self._loss(train_batch)
             grads_pos = _grad(loss_pos, alphas)
             with torch.no_grad():
                 # As in the original, w - Rv is reached from w + Rv by subtracting 2Rv.
                 kernels.multi_tensor_axpy_(shadow, v, -2 * r)
-            loss_neg = model._loss(input_train, target_train)
+            loss_neg = self._loss(train_batch)
             grads_neg = _grad(loss_neg, alphas)
         finally:
-            _swap_in(params, weights)
+            swap_in(params, weights)
         n = len(alphas)
         loss_pos, loss_neg, *grads_pm = mean_over_ranks(
             [loss_pos, loss_neg, *grads_pos, *grads_neg], group)
@@ -244,34 +272,6 @@ def _check_batch(name, inputs, targets):
         )
 
 
-def _check_weights(params):
-    if not params:
-        raise ValueError("Architect.step: the model has no parameters")
-    p0 = params[0]
-    for p in params:
-        if p.dtype != p0.dtype or p.device != p0.device:
-            raise ValueError(
-                f"Architect.step: all model weights must share one dtype and device, found "
-                f"{p0.dtype} on {p0.device} and {p.dtype} on {p.device}"
-            )
-
-
-def _momentum_buffers(network_optimizer, model, params):
-    """The SGD momentum buffers of every weight, or [] (zeros) when any is missing, as in the
-    original (which falls back to zeros before the first SGD step)."""
-    if not hasattr(network_optimizer, "param_groups") or not hasattr(network_optimizer, "state"):
-        raise TypeError("Architect.step: network_optimizer must be a torch.optim.Optimizer")
-    held = {id(p) for group in network_optimizer.param_groups for p in group["params"]}
-    missing = [name for name, p in model.named_parameters() if id(p) not in held]
-    if missing:
-        raise ValueError(
-            f"Architect.step: network_optimizer does not hold the model's weights "
-            f"({len(missing)} missing, e.g. {missing[0]!r})"
-        )
-    bufs = [network_optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
-    return [] if any(b is None for b in bufs) else bufs
-
-
 def _grad(outputs, inputs, grad_outputs=None):
     grads = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
     return _zeros_for_none(grads, inputs)
@@ -283,8 +283,3 @@ def _zeros_for_none(grads, inputs):
 
 def _none_where(unused, grads):
     return [None if u else g for u, g in zip(unused, grads)]
-
-
-def _swap_in(tensors, data):
-    for t, d in zip(tensors, data):
-        t.data = d

@@ -23,10 +23,12 @@ def allocate_like(copies, tensors):
 
 
 def copy_into(copies, tensors):
-    """``tensors`` copied into the persistent ``copies`` (see :func:`allocate_like`)."""
+    """``tensors`` copied into the persistent ``copies`` (see :func:`allocate_like`); none for a
+    model without buffers (the foreach kernels refuse empty lists)."""
     copies = allocate_like(copies, tensors)
-    with torch.no_grad():
-        torch._foreach_copy_(copies, tensors)
+    if tensors:
+        with torch.no_grad():
+            torch._foreach_copy_(copies, tensors)
     return copies
 
 

@@ -17,6 +17,14 @@ steps begin); the validation batch is then not used. ``weights_first=True`` take
 first and the architecture step after it, on the weights just updated (GDAS' order); the loss and
 logits returned are the weight step's either way.
 
+Batches of another structure (the recurrent cell's ``(hidden, input, target)``, a dict, nestings
+of these) go whole through ``step.step_batches(train_batch, valid_batch, lr)``: the weight step's
+loss is ``loss_fn(model, train_batch)``, which returns the loss or ``(loss, output)``, and the
+architect's ``step_batches`` takes both batches (``darts_fast.Architect`` with its own
+``loss_fn``). The call returns ``(loss, output)``, output None where ``loss_fn`` gives none.
+Without ``loss_fn`` the loss is the original's ``criterion(model(x), y)`` on a batch ``(x, y)``,
+and the output the logits. ``model`` here is the one given, DDP wrapper included.
+
 On a GPU this step is thousands of small kernels (8 cells x 14 edges x up to 8 candidates, five
 passes for second order): launching them takes longer than running them. With ``cuda_graph``
 (the default on CUDA) each input shape runs eagerly for ``warmup`` calls (cuDNN's algorithm
@@ -29,6 +37,11 @@ step's activations. Eager everywhere else (CPU included), with the same numbers.
 ``capturable`` attribute is False (``darts_fast.GDASNetwork``: its forward pass reads the sampled
 candidates on the host) always runs eagerly.
 
+The batches may hold values other than tensors (numbers, strings, None): a graph holds those as
+they were at its capture, so they belong to the input signature as the shapes do, each value
+with its own warm-up and graph. They must be hashable; one that changes at every call keeps the
+step eager (make it a tensor).
+
 Nothing inside the step reads a value on the host. A weight step whose loss, gradient or updated
 weights are not finite is undone on the device (weights, BatchNorm statistics and optimizer state
 as they were) and counted in ``skipped_steps``, a 0-dim device tensor; the architect skips and
@@ -37,7 +50,7 @@ step while some weights have no optimizer state yet (the first step; with GDAS, 
 each candidate has been sampled once): if it is not finite, the state it created is dropped
 again, which reads the flag once.
 
-The returned ``loss`` and ``logits`` are detached; in graph mode they are the graph's static
+The returned ``loss`` and output tensors are detached; in graph mode they are the graph's static
 outputs, overwritten by the next call (consume or copy them before it).
 
 Several processes (``torchrun``): give the DDP-wrapped model (and the architect built on it).
@@ -48,9 +61,11 @@ rank 0's at every forward.
 """
 import torch
 import torch.nn as nn
+from torch.utils import _pytree as pytree
 
 from .. import kernels
 from .distributed import all_ranks_agree
+from .loss import criterion_loss, loss_and_output
 from .skip import all_finite, copy_into, count_skip, state_tensors
 
 
@@ -60,12 +75,20 @@ class CaptureError(RuntimeError):
 
 class SearchStep:
     def __init__(self, model, architect, optimizer, criterion=None, grad_clip=5.0, unrolled=True,
-                 cuda_graph=None, warmup=3, weights_first=False):
+                 cuda_graph=None, warmup=3, weights_first=False, loss_fn=None):
         inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        criterion = criterion if criterion is not None else getattr(inner, "_criterion", None)
-        if not callable(criterion):
-            raise TypeError("SearchStep: give a criterion, or a model with a _criterion "
-                            "attribute, as the original Network has")
+        if loss_fn is None:
+            criterion = criterion if criterion is not None else getattr(inner, "_criterion", None)
+            if not callable(criterion):
+                raise TypeError("SearchStep: give a criterion, or a model with a _criterion "
+                                "attribute, as the original Network has, or a loss_fn")
+            loss_fn = criterion_loss(criterion)
+        elif criterion is not None:
+            raise ValueError("SearchStep: give criterion or loss_fn, not both (loss_fn computes "
+                             "the whole loss)")
+        elif not callable(loss_fn):
+            raise TypeError(f"SearchStep: loss_fn must be callable as loss_fn(model, batch), "
+                            f"got {type(loss_fn).__name__}")
         if grad_clip is not None and not grad_clip >= 0:
             raise ValueError(f"SearchStep: grad_clip must be a number >= 0 or None, got "
                              f"{grad_clip!r}")
@@ -84,7 +107,7 @@ class SearchStep:
         self.model, self.architect, self.optimizer = model, architect, optimizer
         self.process_group = model.process_group \
             if isinstance(model, nn.parallel.DistributedDataParallel) else None
-        self.criterion, self.grad_clip, self.unrolled = criterion, grad_clip, unrolled
+        self.loss_fn, self.grad_clip, self.unrolled = loss_fn, grad_clip, unrolled
         self.cuda_graph, self.warmup, self.weights_first = cuda_graph, warmup, weights_first
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
         self._saved = None
@@ -93,21 +116,37 @@ class SearchStep:
         self._graphs = {}  # input signature -> _Graph, for the optimizer's current rates
 
     def __call__(self, input_train, target_train, input_valid, target_valid, lr):
-        inputs = (input_train, target_train, input_valid, target_valid)
+        """The original loop body's step; the architect gets the original's
+        ``step(input_train, target_train, input_valid, target_valid, ...)``."""
+        return self._run(((input_train, target_train), (input_valid, target_valid)), lr,
+                         pairs=True)
+
+    def step_batches(self, train_batch, valid_batch, lr):
+        """The step on whole batches: ``loss_fn(model, train_batch)`` for the weights, the
+        architect's ``step_batches(train_batch, valid_batch, ...)``."""
+        if self.architect is not None and not callable(getattr(self.architect, "step_batches",
+                                                               None)):
+            raise TypeError(f"SearchStep.step_batches: the architect must offer "
+                            f"step_batches(train_batch, valid_batch, eta, network_optimizer, "
+                            f"unrolled), as darts_fast.Architect does; "
+                            f"{type(self.architect).__name__} does not")
+        return self._run((train_batch, valid_batch), lr, pairs=False)
+
+    def _run(self, batches, lr, pairs):
         if not self.cuda_graph:
-            return self._step(*inputs, lr)
-        signature = tuple((t.shape, t.dtype, t.device) for t in inputs)
+            return self._step(*batches, lr, pairs)
+        signature, tensors = _signature(batches, pairs)
         rates = tuple(float(group["lr"]) for group in self.optimizer.param_groups)
         graph = self._graphs.get(signature)
         if graph is not None and graph.rates == rates:
-            return graph.replay(inputs, self._lr, lr)
+            return graph.replay(tensors, self._lr, lr)
         if graph is not None or (self._calls.get(signature, 0) >= self.warmup
                                  and not self._stateless()):
             self._graphs = {s: g for s, g in self._graphs.items() if g.rates == rates}
-            self._graphs[signature] = _Graph(self, inputs, rates)
-            return self._graphs[signature].replay(inputs, self._lr, lr)
+            self._graphs[signature] = _Graph(self, batches, pairs, rates)
+            return self._graphs[signature].replay(tensors, self._lr, lr)
         self._calls[signature] = self._calls.get(signature, 0) + 1
-        return _on_side_stream(lambda: self._step(*inputs, lr))
+        return _on_side_stream(lambda: self._step(*batches, lr, pairs))
 
     def _stateless(self):
         """The weights without optimizer state yet: the next weight step creates theirs."""
@@ -116,22 +155,29 @@ class SearchStep:
     def _params(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _step(self, input_train, target_train, input_valid, target_valid, lr):
+    def _step(self, train_batch, valid_batch, lr, pairs):
+        """``pairs``: the batches are ``(input, target)`` pairs, for the original's
+        ``architect.step`` (darts_fast.reference.Architect has no other)."""
         self.model.train()
 
         def architecture_step():
-            if self.architect is not None:
-                self.architect.step(input_train, target_train, input_valid, target_valid, lr,
-                                    self.optimizer, unrolled=self.unrolled)
+            if self.architect is None:
+                return
+            if pairs:
+                self.architect.step(*train_batch, *valid_batch, lr, self.optimizer,
+                                    unrolled=self.unrolled)
+            else:
+                self.architect.step_batches(train_batch, valid_batch, lr, self.optimizer,
+                                            unrolled=self.unrolled)
 
         if not self.weights_first:
             architecture_step()
-        outputs = self._weight_step(input_train, target_train)
+        outputs = self._weight_step(train_batch)
         if self.weights_first:
             architecture_step()
         return outputs
 
-    def _weight_step(self, x, y):
+    def _weight_step(self, batch):
         model, optimizer = self.model, self.optimizer
         params = self._params()
         buffers = list(model.buffers())
@@ -139,8 +185,8 @@ class SearchStep:
         changed = params + buffers + state_tensors(optimizer, params)
         self._saved = copy_into(self._saved, changed)
         optimizer.zero_grad()
-        logits = model(x)
-        loss = self.criterion(logits, y)
+        loss, output = loss_and_output(self.loss_fn(model, batch),
+                                       "SearchStep: loss_fn(model, batch)")
         loss.backward()
         with_grad = [p for p in model.parameters() if p.grad is not None]
         if self.grad_clip is not None:
@@ -157,27 +203,51 @@ class SearchStep:
         if stateless and not bool(finite):  # the one host read: see the module docstring
             for p in stateless:
                 optimizer.state.pop(p, None)
-        return loss.detach(), logits.detach()
+        return loss.detach(), pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, output)
+
+
+def _signature(batches, pairs):
+    """What a captured graph holds fixed, as a hashable key: the call's form, the batches'
+    structure, the shape, dtype and device of each tensor leaf, and the other leaves with their
+    types (1, 1.0 and True are equal but may run differently). Also the tensor leaves, in the
+    order the graph's static inputs take them."""
+    leaves, spec = pytree.tree_flatten(batches)
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    constants = tuple((type(leaf), leaf) for leaf in leaves if not isinstance(leaf, torch.Tensor))
+    signature = (pairs, spec, constants, tuple((t.shape, t.dtype, t.device) for t in tensors))
+    try:
+        hash(signature)
+    except TypeError:
+        kinds = sorted({type(leaf).__name__ for _, leaf in constants})
+        raise TypeError(f"SearchStep: with cuda_graph the batches' values other than tensors "
+                        f"must be hashable (a graph holds them as they were at its capture), "
+                        f"got {', '.join(kinds)}; make them tensors, or give "
+                        f"cuda_graph=False") from None
+    return signature, tensors
 
 
 class _Graph:
-    """One captured step: static input buffers, the CUDA graph, its static outputs."""
+    """One captured step: static input tensors (the batches' tensor leaves, the other leaves
+    kept as they are), the CUDA graph, its static outputs."""
 
-    def __init__(self, search_step, inputs, rates):
+    def __init__(self, search_step, batches, pairs, rates):
         self.rates = rates
-        self.inputs = [t.clone() for t in inputs]
+        leaves, spec = pytree.tree_flatten(batches)
+        leaves = [t.clone() if isinstance(t, torch.Tensor) else t for t in leaves]
+        self.inputs = [t for t in leaves if isinstance(t, torch.Tensor)]
+        static = pytree.tree_unflatten(leaves, spec)
         self.graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: CUDA calls of other threads (a DataLoader's pinning thread) may go on.
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.outputs = search_step._step(*self.inputs, search_step._lr)
+                self.outputs = search_step._step(*static, search_step._lr, pairs)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaptureError(f"SearchStep: the step could not be captured into a CUDA graph "
                                f"({first}); cuda_graph=False runs it eagerly") from e
 
-    def replay(self, inputs, lr_tensor, lr):
-        for static, t in zip(self.inputs, inputs):
+    def replay(self, tensors, lr_tensor, lr):
+        for static, t in zip(self.inputs, tensors):
             static.copy_(t, non_blocking=True)
         lr_tensor.fill_(lr)
         self.graph.replay()
@@ -192,6 +262,7 @@ def _on_side_stream(fn):
     with torch.cuda.stream(stream):
         outputs = fn()
     torch.cuda.current_stream().wait_stream(stream)
-    for t in outputs:
-        t.record_stream(torch.cuda.current_stream())
+    for t in pytree.tree_leaves(outputs):
+        if isinstance(t, torch.Tensor):
+            t.record_stream(torch.cuda.current_stream())
     return outputs

@@ -86,6 +86,25 @@ def genotype_from_dict(d):
     return genotype
 
 
+def check_primitives(primitives, who):
+    """``primitives`` as a tuple, refused unless it holds known, distinct candidate names, one at
+    least besides ``none`` (``who`` names the caller in the message)."""
+    if isinstance(primitives, str) or not all(isinstance(p, str) for p in primitives):
+        raise ValueError(f"{who}: primitives must be a sequence of candidate names, got "
+                         f"{primitives!r}")
+    primitives = tuple(primitives)
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown:
+        raise ValueError(f"{who}: primitives holds unknown candidates {', '.join(unknown)} "
+                         f"(known: {', '.join(OPS)}; add one with "
+                         f"operations.register_candidate)")
+    if len(set(primitives)) != len(primitives):
+        raise ValueError(f"{who}: primitives names a candidate twice: {', '.join(primitives)}")
+    if not [p for p in primitives if p != "none"]:
+        raise ValueError(f"{who}: primitives must name at least one operation besides 'none'")
+    return primitives
+
+
 def validate_genotype(genotype):
     for kind in ("normal", "reduce"):
         edges = getattr(genotype, kind)
@@ -95,7 +114,7 @@ def validate_genotype(genotype):
         for n, (op, j) in enumerate(edges):
             node = n // 2
             if op not in OPS or op == "none":
-                known = ", ".join(p for p in PRIMITIVES if p != "none")
+                known = ", ".join(p for p in OPS if p != "none")
                 raise GenotypeError(f"genotype {kind}: unknown operation {op!r} (known: {known})")
             if not 0 <= j < node + 2:
                 raise GenotypeError(f"genotype {kind}: node {node} takes input {j}, but only "

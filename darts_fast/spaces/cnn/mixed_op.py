@@ -41,11 +41,12 @@ from .operations import Zero, candidate_ops
 
 
 class MixedOp(nn.Module):
-    def __init__(self, C, stride, primitives=PRIMITIVES, recompute=False, fold_batch_norm=True):
+    def __init__(self, C, stride, primitives=PRIMITIVES, recompute=False, fold_batch_norm=True,
+                 conv_bias=False, track_running_stats=True):
         super().__init__()
         self.recompute = recompute
         self.fold_batch_norm = fold_batch_norm
-        self._ops = candidate_ops(C, stride, primitives)
+        self._ops = candidate_ops(C, stride, primitives, conv_bias, track_running_stats)
         computed = [k for k, op in enumerate(self._ops) if not isinstance(op, Zero)]
         if not computed:
             raise ValueError("MixedOp: primitives must name at least one operation besides 'none'")
@@ -56,22 +57,38 @@ class MixedOp(nn.Module):
         self._from_relu = [hasattr(op, "forward_from_relu") for op in self._ops]
         self._folds = [_fold_kind(op) for op in self._ops]
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, active=None):
+        r"""``sum_k weights[k] * op_k(x)`` over the candidates ``active`` names (Python ints, in
+        any order; every candidate when None): one for GDAS, SPOS and ENAS, two for
+        ProxylessNAS. Only those candidates are computed; every weight they name gets its
+        gradient (GDAS' straight-through weights then reach every alpha)."""
         self._check_weights(weights)
-        return self._run(self._mix, x, weights[self._weight_index], self._computed)
+        if active is None:
+            return self._run(self._mix, x, weights[self._weight_index], self._computed)
+        ks, rows = self._active(weights, active)
+        if not ks:  # only 'none': a zero output, and zero gradients
+            return self._zero(x, weights, active)
+        return self._run(self._mix, x, rows, ks)
 
-    def forward_gdas(self, x, weights, index):
-        r"""GDAS' edge: only the sampled candidate is computed, ``weights[index] * op_index(x)``
-        (through the fused op with K=1). With GDAS' straight-through hard weights
-        (one-hot + probs - probs.detach()) every alpha still gets its gradient through
-        ``weights[index]``. ``index``: a Python int (the candidate to run is chosen on the host)."""
-        self._check_weights(weights)
-        if not isinstance(index, int) or not 0 <= index < len(self._ops):
-            raise ValueError(f"MixedOp.forward_gdas: index must be an int in [0, "
-                             f"{len(self._ops)}), got {index!r}")
-        if index not in self._computed:  # 'none': a zero output, and zero gradients
-            return self._ops[index](x) * weights[index]
-        return self._run(self._mix, x, weights[index:index + 1], [index])
+    def _active(self, weights, active):
+        """The computed candidates among ``active`` and their rows of ``weights``."""
+        n = len(self._ops)
+        if isinstance(active, (str, bytes)) or not hasattr(active, "__iter__"):
+            raise ValueError(f"MixedOp: active must be a sequence of candidate indices, got "
+                             f"{active!r}")
+        active = list(active)
+        if not active or any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < n
+                             for k in active) or len(set(active)) != len(active):
+            raise ValueError(f"MixedOp: active must name distinct candidates, ints in [0, {n}), "
+                             f"one at least; got {active!r}")
+        ks = [k for k in active if k in self._computed]
+        if ks and ks == list(range(ks[0], ks[0] + len(ks))):
+            # A slice keeps the rows a view: a list index would copy it to the device.
+            return ks, weights[ks[0]:ks[0] + len(ks)]
+        return ks, weights[ks]
+
+    def _zero(self, x, weights, active):
+        return self._ops[active[0]](x) * weights[active[0]]
 
     def _check_weights(self, weights):
         if weights.dim() != 1 or weights.shape[0] != len(self._ops):

@@ -1,10 +1,11 @@
-"""The DARTS search network (cells of mixed operations), one definition for the fused and the
-reference mixed operation.
+"""The DARTS search network (cells of mixed operations).
 
 ``Network(C, num_classes, layers, criterion, mixed_op=...)`` builds the same modules, parameter
 names and order, and consumes the global RNG the same way as the original, whichever mixed-op
 class it is given; so a state_dict loads into either, and one seed gives the same initial weights
-and alphas.
+and alphas. A method's network subclasses it and says what its cells compute with
+(``cell_architecture``), what the outputs show (``architecture_tables``) and which genotype rule
+reads them (``genotype_rule``).
 """
 import functools
 
@@ -12,21 +13,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .genotypes import PRIMITIVES, Genotype
+from .architecture import ArchitectureTable, CellArchitecture, cell_edges, darts_rule, edge_count
+from .genotypes import PRIMITIVES, Genotype, check_primitives
 from .mixed_op import MixedOp
 from .operations import FactorizedReduce, GlobalAvgPool, ReLUConvBN, is_reduction, stem
 
 
 class Cell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
-                 mixed_op):
+                 mixed_op, conv_bias=False, track_running_stats=True):
         super().__init__()
         self.reduction = reduction
+        options = dict(affine=False, conv_bias=conv_bias, track_running_stats=track_running_stats)
         if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, **options)
         else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, **options)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, **options)
         self._steps = steps
         self._multiplier = multiplier
         self._ops = nn.ModuleList()
@@ -35,24 +38,25 @@ class Cell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(mixed_op(C, stride))
 
-    def forward(self, s0, s1, weights, edge_weights=None, indices=None):
-        """``edge_weights`` (PC-DARTS' edge normalisation): one factor per edge, scaling its mixed
-        op's whole output. ``indices`` (GDAS): the sampled candidate of each edge (``indices[e]`` a
-        Python int); each edge then computes that candidate alone (``forward_gdas``)."""
+    def forward(self, s0, s1, architecture):
+        """``architecture``: a ``CellArchitecture``, or the edges' weights alone (the original
+        ``cell(s0, s1, weights)``)."""
+        if isinstance(architecture, torch.Tensor):
+            architecture = CellArchitecture(architecture)
+        weights, scale, active = architecture
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         offset = 0
         for _ in range(self._steps):
-            if indices is None:
+            if active is None:
                 edges = (self._ops[offset + j](h, weights[offset + j])
                          for j, h in enumerate(states))
             else:
-                edges = (self._ops[offset + j].forward_gdas(h, weights[offset + j],
-                                                            indices[offset + j])
+                edges = (self._ops[offset + j](h, weights[offset + j], active[offset + j])
                          for j, h in enumerate(states))
-            if edge_weights is not None:
-                edges = (edge_weights[offset + j] * e for j, e in enumerate(edges))
+            if scale is not None:
+                edges = (scale[offset + j] * e for j, e in enumerate(edges))
             s = sum(edges)
             offset += len(states)
             states.append(s)
@@ -70,15 +74,24 @@ class Network(nn.Module):
     one more forward pass.
     ``fold_batch_norm``: the fused mixed ops fold their candidates' final BatchNorm into the
     weighted sum (the default; see ``darts_fast.MixedOp``).
+    ``primitives``: the candidate names of every edge (default ``PRIMITIVES``, the columns of the
+    alphas, in order; any names of ``operations.OPS``, see ``operations.register_candidate``).
+    ``conv_bias``, ``track_running_stats``: every convolution before an affine-free BatchNorm
+    carries a bias, and whether those BatchNorms keep running statistics (GDAS' authors' options;
+    see ``operations.OPS``).
     ``memory_format``: the layout activations take inside the network. ``"auto"`` (the default)
     is channels_last for CPU inputs, where it makes the convolutions of a search step about 25%
     faster, and the input's own layout elsewhere; ``None`` keeps the input's layout. Only the
     internal activations change: inputs, weights and state_dict keep their layout.
     """
 
+    # Reads an ArchitectureTable's ranking into the cell's genotype (architecture.py).
+    genotype_rule = staticmethod(darts_rule)
+
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False,
-                 fold_batch_norm=True):
+                 fold_batch_norm=True, primitives=PRIMITIVES, conv_bias=False,
+                 track_running_stats=True):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
@@ -92,6 +105,7 @@ class Network(nn.Module):
         self._steps = steps
         self._multiplier = multiplier
         self._stem_multiplier = stem_multiplier
+        self._primitives = check_primitives(primitives, "Network")
         self._mixed_op = mixed_op
         base = mixed_op.func if isinstance(mixed_op, functools.partial) else mixed_op
         fused = isinstance(base, type) and issubclass(base, MixedOp)
@@ -100,6 +114,7 @@ class Network(nn.Module):
                              f"{getattr(mixed_op, '__name__', mixed_op)}")
         self._recompute = recompute
         self._fold_batch_norm = fold_batch_norm
+        self._op_options = dict(conv_bias=conv_bias, track_running_stats=track_running_stats)
         if memory_format not in ("auto", None, torch.channels_last, torch.contiguous_format):
             raise ValueError(f"Network: memory_format must be 'auto', None, torch.channels_last "
                              f"or torch.contiguous_format, got {memory_format!r}")
@@ -114,10 +129,11 @@ class Network(nn.Module):
             reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
+            options = dict(recompute=recompute, fold_batch_norm=fold_batch_norm) if fused else {}
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, functools.partial(mixed_op, recompute=recompute,
-                                                          fold_batch_norm=fold_batch_norm)
-                        if fused else mixed_op)
+                        reduction_prev, functools.partial(mixed_op, primitives=self._primitives,
+                                                          **options, **self._op_options),
+                        **self._op_options)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -126,8 +142,8 @@ class Network(nn.Module):
         self._initialize_alphas()
 
     def _initialize_alphas(self):
-        k = sum(2 + i for i in range(self._steps))
-        num_ops = len(PRIMITIVES)
+        k = edge_count(self._steps)
+        num_ops = len(self._primitives)
         self.alphas_normal = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self.alphas_reduce = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self._arch_parameters = [self.alphas_normal, self.alphas_reduce]
@@ -151,7 +167,8 @@ class Network(nn.Module):
                                self._steps, self._multiplier, self._stem_multiplier,
                                mixed_op=self._mixed_op, memory_format=self._memory_format,
                                recompute=self._recompute,
-                               fold_batch_norm=self._fold_batch_norm)
+                               fold_batch_norm=self._fold_batch_norm,
+                               primitives=self._primitives, **self._op_options)
         ref = self.alphas_normal
         model_new.to(device=ref.device, dtype=ref.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):
@@ -166,48 +183,38 @@ class Network(nn.Module):
             input = input.contiguous(memory_format=memory_format)
         s0 = s1 = self.stem(input)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, *self._cell_weights(cell.reduction))
+            s0, s1 = s1, cell(s0, s1, self.cell_architecture(cell.reduction))
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
 
-    def _cell_weights(self, reduction):
-        """What a cell weighs its edges with: the softmax of the alphas over the candidates."""
-        return (F.softmax(self.alphas_reduce if reduction else self.alphas_normal, dim=-1),)
+    def cell_architecture(self, reduction):
+        """What the normal (or reduction) cells compute with: the softmax of the alphas over the
+        candidates."""
+        return CellArchitecture(
+            F.softmax(self.alphas_reduce if reduction else self.alphas_normal, dim=-1))
+
+    def edge_scales(self):
+        """The per-edge output scales of the normal and the reduction cells (None: none)."""
+        return None, None
+
+    def architecture_tables(self):
+        """The normal and the reduction cells' ``ArchitectureTable`` (detached, on the CPU)."""
+        edges = cell_edges(self._steps)
+        with torch.no_grad():
+            return tuple(
+                ArchitectureTable(name, F.softmax(alphas.detach(), dim=-1).cpu(),
+                                  None if scale is None else scale.detach().cpu(), edges,
+                                  self._primitives)
+                for name, alphas, scale in zip(("normal", "reduce"),
+                                               (self.alphas_normal, self.alphas_reduce),
+                                               self.edge_scales()))
 
     def _loss(self, input, target):
         return self._criterion(self(input), target)
 
     def genotype(self):
-        """The discrete cells: per node the 2 strongest incoming edges (by their best non-none
-        softmax weight; ties to the lower index) and per edge its best non-none op."""
-        with torch.no_grad():
-            normal = F.softmax(self.alphas_normal, dim=-1).cpu().numpy()
-            reduce = F.softmax(self.alphas_reduce, dim=-1).cpu().numpy()
-        return self._genotype(normal, reduce)
-
-    def _genotype(self, normal, reduce):
-        """The genotype of per-edge candidate weights (numpy [edges, candidates])."""
-        none = PRIMITIVES.index("none")
-
-        def parse(weights):
-            gene = []
-            n, start = 2, 0
-            for i in range(self._steps):
-                W = weights[start:start + n]
-                edges = sorted(
-                    range(i + 2),
-                    key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != none),
-                )[:2]
-                for j in edges:
-                    k_best = None
-                    for k in range(len(W[j])):
-                        if k != none and (k_best is None or W[j][k] > W[j][k_best]):
-                            k_best = k
-                    gene.append((PRIMITIVES[k_best], j))
-                start += n
-                n += 1
-            return gene
-
+        """The discrete cells: ``genotype_rule`` on each table's ranking."""
+        normal, reduce = (self.genotype_rule(t.ranking().numpy(), t.candidates, self._steps)
+                          for t in self.architecture_tables())
         concat = range(2 + self._steps - self._multiplier, self._steps + 2)
-        return Genotype(normal=parse(normal), normal_concat=concat, reduce=parse(reduce),
-                        reduce_concat=concat)
+        return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)

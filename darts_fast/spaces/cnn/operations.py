@@ -17,26 +17,38 @@ import torch.nn.functional as F
 
 from ...layers import depthwise
 
+# Every entry: (C, stride, affine, conv_bias=False, track_running_stats=True). ``conv_bias`` puts
+# a bias on the convolutions that GDAS' authors bias (D-X-Y/AutoDL-Projects, ``bias=not affine``
+# before their affine-free BatchNorms): every one but the depthwise ones; ``track_running_stats``
+# is every BatchNorm's. Entries without a convolution or a BatchNorm take both and need neither.
 OPS = {
-    "none": lambda C, stride, affine: Zero(stride),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
-        3, stride=stride, padding=1, count_include_pad=False
-    ),
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "skip_connect": lambda C, stride, affine: (
-        Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
-    ),
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
-    "conv_7x1_1x7": lambda C, stride, affine: nn.Sequential(
-        nn.ReLU(inplace=False),
-        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
-        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
-        nn.BatchNorm2d(C, affine=affine),
-    ),
+    "none": lambda C, stride, affine, conv_bias=False, track_running_stats=True: Zero(stride),
+    "avg_pool_3x3": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)),
+    "max_pool_3x3": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        nn.MaxPool2d(3, stride=stride, padding=1)),
+    "skip_connect": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine, conv_bias,
+                                                        track_running_stats)),
+    "sep_conv_3x3": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        SepConv(C, C, 3, stride, 1, affine, conv_bias, track_running_stats)),
+    "sep_conv_5x5": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        SepConv(C, C, 5, stride, 2, affine, conv_bias, track_running_stats)),
+    "sep_conv_7x7": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        SepConv(C, C, 7, stride, 3, affine, conv_bias, track_running_stats)),
+    "dil_conv_3x3": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        DilConv(C, C, 3, stride, 2, 2, affine, conv_bias, track_running_stats)),
+    "dil_conv_5x5": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        DilConv(C, C, 5, stride, 4, 2, affine, conv_bias, track_running_stats)),
+    # Not in the authors' GDAS space; biased as their own factorised 1x3 / 3x1 convolutions are
+    # (GDAS_Reduction_Cell).
+    "conv_7x1_1x7": lambda C, stride, affine, conv_bias=False, track_running_stats=True: (
+        nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=conv_bias),
+            nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=conv_bias),
+            nn.BatchNorm2d(C, affine=affine, track_running_stats=track_running_stats),
+        )),
 }
 
 
@@ -70,40 +82,43 @@ def forward_fast(op, x):
 
 
 class ReLUConvBN(_ReLUFirst):
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, conv_bias=False,
+                 track_running_stats=True):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=conv_bias),
+            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
 
 
 class DilConv(_ReLUFirst):
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True,
+                 conv_bias=False, track_running_stats=True):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
                       groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=conv_bias),
+            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
 
 
 class SepConv(_ReLUFirst):
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, conv_bias=False,
+                 track_running_stats=True):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in,
                       bias=False),
-            nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_in, affine=affine),
+            nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=conv_bias),
+            nn.BatchNorm2d(C_in, affine=affine, track_running_stats=track_running_stats),
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=conv_bias),
+            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
 
 
@@ -137,14 +152,14 @@ class FactorizedReduce(nn.Module):
     a corrupted heap or wrong weight gradients on AMD and older Intel CPUs.
     """
 
-    def __init__(self, C_in, C_out, affine=True):
+    def __init__(self, C_in, C_out, affine=True, conv_bias=False, track_running_stats=True):
         super().__init__()
         if C_out % 2 != 0:
             raise ValueError(f"FactorizedReduce: C_out must be even, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=conv_bias)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=conv_bias)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats)
 
     def forward(self, x):
         return self.forward_from_relu(self.relu(x))
@@ -154,8 +169,9 @@ class FactorizedReduce(nn.Module):
 
     def features_from_relu(self, relu_x):
         """What enters the final BatchNorm."""
-        return torch.cat([F.conv2d(relu_x[:, :, ::2, ::2], self.conv_1.weight),
-                          F.conv2d(relu_x[:, :, 1::2, 1::2], self.conv_2.weight)], dim=1)
+        return torch.cat([F.conv2d(relu_x[:, :, ::2, ::2], self.conv_1.weight, self.conv_1.bias),
+                          F.conv2d(relu_x[:, :, 1::2, 1::2], self.conv_2.weight,
+                                   self.conv_2.bias)], dim=1)
 
     @property
     def final_batch_norm(self):
@@ -171,20 +187,49 @@ class GlobalAvgPool(nn.Module):
         return x.mean((2, 3), keepdim=True)
 
 
-def candidate_ops(C, stride, primitives):
+def candidate_ops(C, stride, primitives, conv_bias=False, track_running_stats=True):
     """The candidate operations of one mixed edge, in ``primitives`` order. Pools are followed by
-    a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``."""
+    a BatchNorm without affine parameters; every BatchNorm is built with ``affine=False``.
+
+    ``conv_bias``: every convolution but the depthwise ones carries a bias, as in GDAS' authors'
+    operations. A bias just before a BatchNorm that takes batch statistics changes nothing (the
+    batch mean takes it away, and its gradient is 0); it enters through the running mean, which
+    eval mode subtracts. ``track_running_stats``: every BatchNorm's; without running statistics the
+    BatchNorms normalise with the batch's statistics in eval mode too."""
     unknown = [p for p in primitives if p not in OPS]
     if unknown:
         raise ValueError(f"primitives: unknown operation(s) {', '.join(map(repr, unknown))}; "
                          f"known: {', '.join(OPS)}")
     ops = nn.ModuleList()
     for primitive in primitives:
-        op = OPS[primitive](C, stride, False)
+        op = OPS[primitive](C, stride, False, conv_bias, track_running_stats)
         if "pool" in primitive:
-            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False,
+                                                  track_running_stats=track_running_stats))
         ops.append(op)
     return ops
+
+
+def register_candidate(name, build):
+    """Adds the candidate operation ``name`` to the search space: ``build(C, stride, affine,
+    conv_bias, track_running_stats)`` (called with all five, positionally) returns a module that
+    maps C channels to C channels at ``stride`` (1, or 2 on a reduction cell's input edges).
+
+    The name then works in a network's ``primitives``, in ``darts-fast search --primitives`` (from
+    a program that registers it and calls ``darts_fast.cli.main.main``) and in genotypes, whose
+    evaluation network builds it with ``affine=True``. In the fused ``MixedOp`` an
+    ``nn.Sequential`` that ends in an affine-free ``nn.BatchNorm2d`` has that BatchNorm folded
+    into the weighted sum; any other module is computed as it is and weighted by the plain
+    weighted sum. As in the original, a name holding ``pool`` gets an affine-free BatchNorm after
+    it in the search network."""
+    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n'\"()[]"):
+        raise ValueError(f"register_candidate: name must be a non-empty string without commas, "
+                         f"spaces, quotes or brackets, got {name!r}")
+    if name in OPS:
+        raise ValueError(f"register_candidate: a candidate named {name!r} exists already")
+    if not callable(build):
+        raise TypeError(f"register_candidate: build must be callable, got {build!r}")
+    OPS[name] = build
 
 
 def stem(C_out):

@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "batch_norm_sum_host.h"
-#include "batch_norm_sum_math.h"
+#include "batch_norm_weighted_sum_host.h"
+#include "batch_norm_weighted_sum_math.h"
 
 namespace darts_fast {
 namespace {
@@ -183,8 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
     at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
     const at::Tensor& invstd, const c10::List<bool>& batch_stats, double eps,
     const std::optional<at::Tensor>& rest, int64_t groups) {
-  BatchNormSumForward args = prepare_batch_norm_sum(ys, weights, mean, invstd, batch_stats,
-                                                    rest, groups, c10::DeviceType::CPU);
+  BatchNormWeightedSumForward args = prepare_batch_norm_weighted_sum(
+      ys, weights, mean, invstd, batch_stats, rest, groups, c10::DeviceType::CPU);
   const ChannelGeometry geo = args.geo;
   const Shuffle shuffle = args.shuffle;
   const int64_t K = static_cast<int64_t>(ys.size()), C = geo.C, inner = geo.inner;
@@ -250,7 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
         const acc_t* m = mean_at[k].data();
         const acc_t* r = invstd_at[k].data();
         for_each_element(rows, pos, inner, [&](int64_t p, int64_t j) {
-          acc[j] = batch_norm_sum_term(acc[j], w[k], static_cast<acc_t>(yk[j]), m[p], r[p]);
+          acc[j] = batch_norm_weighted_sum_term(acc[j], w[k], static_cast<acc_t>(yk[j]), m[p],
+                                                r[p]);
         });
       }
       if (shuffle.groups == 1) {
@@ -273,7 +274,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> batch_norm_weighted_
     const at::Tensor& invstd, const c10::List<bool>& batch_stats,
     const c10::List<bool>& ys_need_grad, bool weights_need_grad, int64_t groups,
     bool rest_need_grad) {
-  BatchNormSumBackward args = prepare_batch_norm_sum_backward(
+  BatchNormWeightedSumBackward args = prepare_batch_norm_weighted_sum_backward(
       grad, ys, weights, mean, invstd, batch_stats, ys_need_grad, weights_need_grad, groups,
       rest_need_grad, c10::DeviceType::CPU);
   const ChannelGeometry geo = args.geo;
@@ -378,14 +379,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> batch_norm_weighted_
         scalar_t* out = gy[k] + offset;
         if (batch_stats.get(k)) {
           for_each_element(rows, pos, inner, [&](int64_t p, int64_t j) {
-            out[j] = static_cast<scalar_t>(batch_norm_sum_input_grad(
+            out[j] = static_cast<scalar_t>(batch_norm_weighted_sum_input_grad(
                 w[k], r[p], static_cast<acc_t>(g_rows[j]),
                 normalized(static_cast<acc_t>(y_rows[j]), m[p], r[p]), mg[p], mgy[p]));
           });
         } else {
           for_each_element(rows, pos, inner, [&](int64_t p, int64_t j) {
-            out[j] = static_cast<scalar_t>(
-                batch_norm_sum_fixed_input_grad(w[k], r[p], static_cast<acc_t>(g_rows[j])));
+            out[j] = static_cast<scalar_t>(batch_norm_weighted_sum_fixed_input_grad(
+                w[k], r[p], static_cast<acc_t>(g_rows[j])));
           });
         }
       }

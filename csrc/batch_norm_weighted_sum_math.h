@@ -22,21 +22,23 @@ DARTS_HOST_DEVICE inline acc_t normalized(acc_t y, acc_t mean, acc_t invstd) {
 }
 
 template <typename acc_t>
-DARTS_HOST_DEVICE inline acc_t batch_norm_sum_term(acc_t acc, acc_t w_k, acc_t y, acc_t mean,
-                                                   acc_t invstd) {
+DARTS_HOST_DEVICE inline acc_t batch_norm_weighted_sum_term(acc_t acc, acc_t w_k, acc_t y,
+                                                            acc_t mean, acc_t invstd) {
   return acc + w_k * normalized(y, mean, invstd);
 }
 
 // grad_y_k for batch statistics: `mean_g` = S_g / count and `mean_g_yhat` = S_k / count.
 template <typename acc_t>
-DARTS_HOST_DEVICE inline acc_t batch_norm_sum_input_grad(acc_t w_k, acc_t invstd, acc_t g,
-                                                         acc_t yhat, acc_t mean_g,
-                                                         acc_t mean_g_yhat) {
+DARTS_HOST_DEVICE inline acc_t batch_norm_weighted_sum_input_grad(acc_t w_k, acc_t invstd,
+                                                                  acc_t g, acc_t yhat,
+                                                                  acc_t mean_g,
+                                                                  acc_t mean_g_yhat) {
   return w_k * invstd * (g - mean_g - yhat * mean_g_yhat);
 }
 
 template <typename acc_t>
-DARTS_HOST_DEVICE inline acc_t batch_norm_sum_fixed_input_grad(acc_t w_k, acc_t invstd, acc_t g) {
+DARTS_HOST_DEVICE inline acc_t batch_norm_weighted_sum_fixed_input_grad(acc_t w_k, acc_t invstd,
+                                                                        acc_t g) {
   return w_k * invstd * g;
 }
 

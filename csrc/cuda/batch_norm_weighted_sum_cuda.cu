@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "batch_norm_sum_host.h"
-#include "batch_norm_sum_math.h"
+#include "batch_norm_weighted_sum_host.h"
+#include "batch_norm_weighted_sum_math.h"
 #include "cuda/block_reduce.cuh"
 
 namespace darts_fast {
@@ -96,8 +96,9 @@ __global__ void forward_kernel(Group<scalar_t> group, ChannelGeometry geo, Shuff
     for (int j = 0; j < kGroup; ++j) {
       if (j < group.count) {
         const int64_t kc = static_cast<int64_t>(group.k[j]) * geo.C + c;
-        acc = batch_norm_sum_term(acc, w[group.k[j]], static_cast<acc_t>(group.y[j][e]),
-                                  mean[kc], invstd[kc]);
+        acc = batch_norm_weighted_sum_term(acc, w[group.k[j]],
+                                           static_cast<acc_t>(group.y[j][e]), mean[kc],
+                                           invstd[kc]);
       }
     }
     out[f] = static_cast<out_t>(acc);
@@ -165,11 +166,11 @@ __global__ void input_grad_kernel(Group<scalar_t> group, ChannelGeometry geo, Sh
         const acc_t r = invstd[kc];
         group.grad_y[j][e] = static_cast<scalar_t>(
             group.batch[j]
-                ? batch_norm_sum_input_grad(w[k], r, ge,
-                                            normalized(static_cast<acc_t>(group.y[j][e]),
-                                                       mean[kc], r),
-                                            mean_g, sums[kc] / count)
-                : batch_norm_sum_fixed_input_grad(w[k], r, ge));
+                ? batch_norm_weighted_sum_input_grad(w[k], r, ge,
+                                                     normalized(static_cast<acc_t>(group.y[j][e]),
+                                                                mean[kc], r),
+                                                     mean_g, sums[kc] / count)
+                : batch_norm_weighted_sum_fixed_input_grad(w[k], r, ge));
       }
     }
   }
@@ -192,8 +193,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_weighted_s
     at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
     const at::Tensor& invstd, const c10::List<bool>& batch_stats, double eps,
     const std::optional<at::Tensor>& rest, int64_t groups) {
-  BatchNormSumForward args = prepare_batch_norm_sum(ys, weights, mean, invstd, batch_stats,
-                                                    rest, groups, c10::DeviceType::CUDA);
+  BatchNormWeightedSumForward args = prepare_batch_norm_weighted_sum(
+      ys, weights, mean, invstd, batch_stats, rest, groups, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(args.out.device());
   const ChannelGeometry geo = args.geo;
   const Shuffle shuffle = args.shuffle;
@@ -260,7 +261,7 @@ batch_norm_weighted_sum_backward_cuda(const at::Tensor& grad, at::TensorList ys,
                                       const at::Tensor& invstd, const c10::List<bool>& batch_stats,
                                       const c10::List<bool>& ys_need_grad, bool weights_need_grad,
                                       int64_t groups, bool rest_need_grad) {
-  BatchNormSumBackward args = prepare_batch_norm_sum_backward(
+  BatchNormWeightedSumBackward args = prepare_batch_norm_weighted_sum_backward(
       grad, ys, weights, mean, invstd, batch_stats, ys_need_grad, weights_need_grad, groups,
       rest_need_grad, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad.device());

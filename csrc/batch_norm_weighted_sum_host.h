@@ -13,9 +13,10 @@
 
 namespace darts_fast {
 
-inline void check_batch_norm_sum_args(const char* op, at::TensorList ys, const at::Tensor& weights,
-                                      const at::Tensor& mean, const at::Tensor& invstd,
-                                      const c10::List<bool>& batch_stats) {
+inline void check_batch_norm_weighted_sum_args(const char* op, at::TensorList ys,
+                                               const at::Tensor& weights, const at::Tensor& mean,
+                                               const at::Tensor& invstd,
+                                               const c10::List<bool>& batch_stats) {
   TORCH_CHECK(!ys.empty(), op, ": ys must be a non-empty list of tensors");
   const at::Tensor& y0 = ys[0];
   const int64_t K = static_cast<int64_t>(ys.size());
@@ -180,7 +181,7 @@ inline std::vector<at::Tensor> in_layout(at::TensorList ts, at::MemoryFormat lay
 // Forward outputs and kernel-ready inputs. mean/invstd start as the given statistics (in the
 // accumulation dtype); the kernels overwrite the rows of batch statistics, and set their biased
 // variance in `var` (zero elsewhere).
-struct BatchNormSumForward {
+struct BatchNormWeightedSumForward {
   at::Tensor out, mean, invstd, var, weights;
   at::Tensor rest;  // undefined without one
   std::vector<at::Tensor> ys;
@@ -188,19 +189,17 @@ struct BatchNormSumForward {
   Shuffle shuffle;
 };
 
-inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::Tensor& weights,
-                                                  const at::Tensor& mean,
-                                                  const at::Tensor& invstd,
-                                                  const c10::List<bool>& batch_stats,
-                                                  const std::optional<at::Tensor>& rest,
-                                                  int64_t groups, c10::DeviceType device_type) {
+inline BatchNormWeightedSumForward prepare_batch_norm_weighted_sum(
+    at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
+    const at::Tensor& invstd, const c10::List<bool>& batch_stats,
+    const std::optional<at::Tensor>& rest, int64_t groups, c10::DeviceType device_type) {
   const char* op = "batch_norm_weighted_sum";
-  check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  check_batch_norm_weighted_sum_args(op, ys, weights, mean, invstd, batch_stats);
   check_groups(op, groups, rest.has_value());
   if (rest) check_rest(op, *rest, ys[0], groups);
   TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
               c10::DeviceTypeName(device_type), " tensors");
-  BatchNormSumForward args;
+  BatchNormWeightedSumForward args;
   const at::MemoryFormat layout = kernel_layout(ys[0]);
   args.geo = geometry_of(ys[0], layout);
   args.shuffle.groups = groups;
@@ -216,7 +215,7 @@ inline BatchNormSumForward prepare_batch_norm_sum(at::TensorList ys, const at::T
 }
 
 // Backward outputs and kernel-ready inputs.
-struct BatchNormSumBackward {
+struct BatchNormWeightedSumBackward {
   std::vector<at::Tensor> grad_ys;  // one per flagged tensor of ys, in order
   at::Tensor grad_weights;          // [0] when not wanted
   at::Tensor grad_rest;             // [0] when not wanted; dense in the layout of the ys else
@@ -226,13 +225,13 @@ struct BatchNormSumBackward {
   Shuffle shuffle;  // its rest strides are grad_rest's
 };
 
-inline BatchNormSumBackward prepare_batch_norm_sum_backward(
+inline BatchNormWeightedSumBackward prepare_batch_norm_weighted_sum_backward(
     const at::Tensor& grad, at::TensorList ys, const at::Tensor& weights, const at::Tensor& mean,
     const at::Tensor& invstd, const c10::List<bool>& batch_stats,
     const c10::List<bool>& ys_need_grad, bool weights_need_grad, int64_t groups,
     bool rest_need_grad, c10::DeviceType device_type) {
   const char* op = "batch_norm_weighted_sum_backward";
-  check_batch_norm_sum_args(op, ys, weights, mean, invstd, batch_stats);
+  check_batch_norm_weighted_sum_args(op, ys, weights, mean, invstd, batch_stats);
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
   TORCH_CHECK(!rest_need_grad || groups > 1, op, ": rest_need_grad needs groups >= 2");
   TORCH_CHECK(ys[0].device().type() == device_type, op, ": expected ",
@@ -246,7 +245,7 @@ inline BatchNormSumBackward prepare_batch_norm_sum_backward(
   TORCH_CHECK(ys_need_grad.size() == ys.size(), op,
               ": ys_need_grad must have one flag per tensor in ys (", ys.size(), "), got ",
               ys_need_grad.size());
-  BatchNormSumBackward args;
+  BatchNormWeightedSumBackward args;
   const at::MemoryFormat layout = kernel_layout(ys[0]);
   args.geo = geometry_of(ys[0], layout);
   const at::ScalarType acc = accumulate_type(ys[0].scalar_type());

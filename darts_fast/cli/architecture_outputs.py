@@ -1,0 +1,33 @@
+"""What a search leaves each epoch about its architecture, read from the network's
+``architecture_tables`` (whatever the method and the candidates): the genotype (JSON and the
+original's text), the candidate weights per edge (``alphas_epoch_NNN.json``), the pictures of the
+cells and of the weights, and TensorBoard's images, histograms and text."""
+from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict
+from . import visualize
+
+
+def write(run, log, epoch, model):
+    genotype = model.genotype()
+    text = genotype_text(genotype)
+    record = dict(genotype_to_dict(genotype), epoch=epoch, text=text)
+    run.write_json(f"genotype_epoch_{epoch:03d}.json", record)
+    run.write_json("genotype.json", record)
+    run.write_text("genotype.txt", text + "\n")
+    tables = model.architecture_tables()
+    weights = {t.name: t.weights.float() for t in tables}
+    alphas = {"epoch": epoch, "candidates": list(tables[0].candidates),
+              "edges": [list(e) for e in tables[0].edges],
+              **{name: w.tolist() for name, w in weights.items()},
+              **{f"{t.name}_edges": t.edge_scale.float().tolist()
+                 for t in tables if t.edge_scale is not None}}
+    run.write_json(f"alphas_epoch_{epoch:03d}.json", alphas)
+    run.write_bytes("normal.png", visualize.cell_png(
+        genotype.normal, genotype.normal_concat, f"normal cell, epoch {epoch}"))
+    run.write_bytes("reduction.png", visualize.cell_png(
+        genotype.reduce, genotype.reduce_concat, f"reduction cell, epoch {epoch}"))
+    run.write_bytes("alphas.png", visualize.alphas_png(tables, f"softmax(alpha), epoch {epoch}"))
+    for name, w in weights.items():
+        log.events.add_image(f"alphas/{name}", w, epoch, dataformats="HW")
+        for edge, row in enumerate(w):
+            log.events.add_histogram(f"alpha_{name}/edge_{edge:02d}", row, epoch)
+    log.events.add_text("genotype", text, epoch)

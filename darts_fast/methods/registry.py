@@ -1,0 +1,83 @@
+"""What a search method is to the command line, and the registry of them by name.
+
+A method is one module: its network (and its authors' formulation, for ``--reference``), and a
+``Method`` subclass instance registered with ``register``. The command line reads everything
+method-specific from that object: its defaults, its own options, its step order, what it refuses;
+the network carries the rest (``capturable``, ``genotype_rule``, ``architecture_tables``).
+"""
+class MethodOptionError(ValueError):
+    """Options that a method cannot run with (the command line reports it as bad input)."""
+
+
+class Method:
+    """One search method. Class attributes:
+
+    ``name``: its ``--method`` name; ``summary``: one line for ``--help``;
+    ``defaults``: the authors' settings of the shared options, and of its own options;
+    ``weights_first``: the weight step before the architecture step (GDAS' order);
+    ``second_order``: whether ``--unrolled`` / ``--hessian exact`` apply;
+    ``one_process``: why it cannot run under torchrun (None: it can).
+    """
+
+    name = None
+    summary = ""
+    defaults = {}
+    weights_first = False
+    second_order = True
+    one_process = None
+
+    def networks(self):
+        """(darts_fast's network class, its authors' formulation for ``--reference``)."""
+        raise NotImplementedError
+
+    def add_options(self, group, kinds):
+        """Adds the method's own options to the argparse ``group``, each with default None (its
+        value then comes from ``defaults``); ``kinds``: the command line's value parsers."""
+
+    def network_options(self, options):
+        """Keyword arguments of the network from the parsed ``options``."""
+        return {}
+
+    def check(self, options):
+        """Raises MethodOptionError for options this method cannot run with (after defaults)."""
+
+    def begin_epoch(self, model, epoch, options):
+        """Sets what the method changes per epoch, from the epoch alone (a resumed run needs
+        nothing saved)."""
+
+    def describe(self, options):
+        """The banner's words on the method, after its name ('' for none)."""
+        return ""
+
+
+_METHODS = {}
+
+
+def register(method):
+    """Adds ``method`` (a Method instance) under ``method.name``; returns it."""
+    if not isinstance(method, Method) or not isinstance(method.name, str) or not method.name:
+        raise TypeError(f"register: expected a Method instance with a name, got {method!r}")
+    if method.name in _METHODS:
+        raise ValueError(f"register: a method named {method.name!r} is registered already")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name):
+    """Removes the method ``name`` (a method registered for a while, as a test does)."""
+    del _METHODS[name]
+
+
+def methods():
+    """The registered methods by name."""
+    return dict(_METHODS)
+
+
+def get(name):
+    """The method registered as ``name``."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise MethodOptionError(f"--method {name!r} is not a registered method (registered: "
+                                f"{', '.join(sorted(_METHODS))})") from None
+
