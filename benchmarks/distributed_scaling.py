@@ -36,7 +36,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from report import update_results_md  # noqa: E402
+from tables import update_results_md  # noqa: E402
 
 import darts_fast  # noqa: E402
 

@@ -10,7 +10,7 @@
 
 Every case runs in a fresh process (so the peak resident memory is its own): a warm-up call
 (after the compiling call for torch.compile), then the median of ``--rounds`` timed calls; the
-peak is the memory above that before the warm-up call (``report.timed_peak``; not on the CPU for
+peak is the memory above that before the warm-up call (``measure.timed_peak``; not on the CPU for
 torch.compile, whose compilation sets the process's peak). The impls of a
 case alternate within each of ``--repeats`` repetitions, so the machine's drift hits them alike;
 ratios are per repetition, reported as median [min-max].
@@ -33,7 +33,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from cases import gdas_search_step, search_step, synchronized  # noqa: E402
-from report import run_child, timed_peak, update_results_md  # noqa: E402
+from measure import run_child, timed_peak  # noqa: E402
+from tables import update_results_md  # noqa: E402
 
 from darts_fast import reference  # noqa: E402
 from darts_fast.methods import pc_darts

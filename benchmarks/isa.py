@@ -2,7 +2,7 @@
 AVX2 path (``ONEDNN_MAX_CPU_ISA=AVX2``: what AMD and older Intel CPUs run), side by side in one
 run, with a profile of one step of each (the operators' own CPU time).
 
-Every case runs in a fresh process (``report.child``: a warm-up step, then the median of
+Every case runs in a fresh process (``measure.child``: a warm-up step, then the median of
 ``--rounds`` steps); the impls and paths alternate within each of ``--repeats`` repetitions, so
 the machine's drift hits them alike; ratios are per repetition, reported as median [min-max].
 
@@ -23,9 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from cases import STEP_CONFIG, search_step  # noqa: E402
 from family import spread  # noqa: E402
-from report import run_child, update_results_md  # noqa: E402
+from measure import REPORT, run_child  # noqa: E402
+from tables import update_results_md  # noqa: E402
 
-REPORT = os.path.join(HERE, "report.py")
 PATHS = {"native": None, "AVX2": "AVX2"}
 IMPLS = ["reference", "fused"]
 ORDERS = {"second": True, "first": False}

@@ -176,7 +176,8 @@ def test_oversubscription_is_judged_from_the_load_less_the_runs_own_use(monkeypa
 def test_the_log_names_the_clamped_batch_and_warns_once_of_busy_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 40.0, 40.0))
     code, _, err = captured(["search", *TINY, "--synthetic_size", "48", "--batch_size",
-                             "100000", "--epochs", "2", "--threads", "1", "--run_dir", tmp_path / "run"])
+                             "100000", "--epochs", "2", "--threads", "1",
+                             "--run_dir", tmp_path / "run"])
     assert code == 0, err
     assert "synthetic data (1 + 1 batches of 24; --batch_size 100000 clamped to the images a " \
         "split holds), tensor loader; 1 CPU thread; run folder" in err

@@ -14,14 +14,15 @@ from darts_fast.spaces.cnn.genotypes import parse_genotype
 from helpers import rel_err
 
 
-def conv_bn(C, stride, affine, conv_bias, track_running_stats):
+def conv_bn(C, stride, affine, conv_bias=False, track_running_stats=True):
     """ReLU, a plain 3x3 convolution, BatchNorm: its BatchNorm folds into the weighted sum."""
     return nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 3, stride, 1, bias=conv_bias),
                          nn.BatchNorm2d(C, affine=affine, track_running_stats=track_running_stats))
 
 
-def subsample(C, stride, affine, conv_bias, track_running_stats):
-    """Every stride-th pixel, unchanged: no BatchNorm, the plain weighted sum."""
+def subsample(C, stride, affine):
+    """Every stride-th pixel, unchanged: no BatchNorm, the plain weighted sum (written the
+    original's way, without GDAS' options)."""
     return nn.AvgPool2d(1, stride)
 
 
@@ -71,8 +72,10 @@ def test_search_and_train_with_registered_candidates(registered, tmp_path):
 
 @pytest.mark.parametrize("name, build, error", [
     ("sep_conv_3x3", conv_bn, "exists already"),
-    ("a,b", conv_bn, "without commas"),
-    ("", conv_bn, "non-empty"),
+    ("a,b", conv_bn, "letters, digits"),
+    ("", conv_bn, "letters, digits"),
+    ("x$\\q$", conv_bn, "letters, digits"),
+    ("conv\r", conv_bn, "letters, digits"),
     ("mine", "conv", "callable"),
 ])
 def test_bad_registrations_are_refused(name, build, error):
@@ -84,3 +87,15 @@ def test_an_unknown_candidate_on_the_command_line_writes_nothing(tmp_path, capsy
     run = tmp_path / "run"
     assert main(["search", "--primitives", "none,conv_9x9", "--run_dir", str(run)]) == 2
     assert "--primitives: " in capsys.readouterr().err and not run.exists()
+
+
+def test_gdas_options_reach_a_registered_candidate(registered):
+    """A network built with the authors' biases passes them on; one without them calls the
+    builder as the original does, (C, stride, affine)."""
+    model = darts_fast.Network(4, 10, 2, nn.CrossEntropyLoss(), primitives=registered[:2],
+                               conv_bias=True, track_running_stats=False)
+    conv = model.cells[0]._ops[0]._ops[1][1]
+    assert conv.bias is not None and model.cells[0]._ops[0]._ops[1][2].running_mean is None
+    with pytest.raises(ValueError, match="'subsample' is built as \\(C, stride, affine\\) only"):
+        darts_fast.Network(4, 10, 2, nn.CrossEntropyLoss(), primitives=registered[:3],
+                           conv_bias=True)

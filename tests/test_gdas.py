@@ -158,11 +158,17 @@ def sgd(model):
                            weight_decay=ARGS["weight_decay"], nesterov=True)
 
 
-def test_search_steps_match_the_authors():
+@pytest.mark.parametrize("options", [{}, {"conv_bias": True}, {"track_running_stats": False},
+                                     {"conv_bias": True, "track_running_stats": False}])
+def test_search_steps_match_the_authors(options):
     """Two steps of SearchStep(weights_first=True) with the first-order Architect on the fused
     network against the authors' loop on the reference network: each step's alpha gradients, and
-    the alphas, weights, BatchNorm statistics and optimizer states after it."""
-    fused, ref = small_network(), small_network(reference.GDASNetwork)
+    the alphas, weights, BatchNorm statistics and optimizer states after it; also with the
+    authors' convolution biases and BatchNorms without running statistics."""
+    fused, ref = small_network(**options), small_network(reference.GDASNetwork, **options)
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert any(n.endswith(".bias") and "_ops" in n for n, _ in fused.named_parameters()) == \
+        bool(options.get("conv_bias"))
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
                 torch.randint(0, 10, (4,), generator=g)) for _ in range(4)]
@@ -343,6 +349,9 @@ def test_reference_gdas_search(tmp_path, capsys):
     (["--method", "gdas", "--unrolled"], "--unrolled is for a second-order search; gdas "
                                          "searches first order only"),
     (["--method", "gdas", "--hessian", "exact"], "--hessian exact is for a second-order search"),
+    (["--conv_bias"], "--conv_bias is a gdas option, not a darts one"),
+    (["--method", "pc-darts", "--no-track_running_stats"],
+     "--track_running_stats is a gdas option, not a pc-darts one"),
 ])
 def test_refused_options(argv, message, capsys, tmp_path):
     assert main.main(["search", *argv, "--run_dir", str(tmp_path / "run")]) == 2
@@ -374,3 +383,41 @@ def test_method_defaults_and_nesterov():
     options = resolved()
     assert (options.nesterov, options.weight_decay, options.learning_rate_min, options.epochs,
             options.layers, options.tau_max) == (False, 3e-4, 0.001, 50, 8, None)
+
+
+def test_the_authors_biases_and_batch_statistics_from_the_command_line(tmp_path):
+    """--conv_bias and --no-track_running_stats reach the network, are kept with the run and
+    survive a resume."""
+    folder = tmp_path / "run"
+    argv = [*map(str, TINY), "--epochs", "2", "--stop_after_epoch", "1", "--threads", "1",
+            "--conv_bias",
+            "--no-track_running_stats", "--run_dir", str(folder)]
+    assert main.main(argv) == 0
+    options = json.loads((folder / "config.json").read_text())["options"]
+    assert (options["conv_bias"], options["track_running_stats"]) == (True, False)
+    weights = torch.load(folder / "checkpoint.pt", weights_only=False)["state"]["model"]
+    assert "cells.0.preprocess1.op.1.bias" in weights
+    assert not any(name.endswith("running_mean") and "_ops" in name for name in weights)
+    assert main.main(["search", "--resume", str(folder), "--threads", "1"]) == 0
+
+
+def test_a_gdas_run_made_before_the_bias_options_resumes_with_the_defaults(tmp_path):
+    """Its config.json and checkpoint lack conv_bias and track_running_stats: it ran without
+    biases and with running statistics, and resumes so."""
+    folder = tmp_path / "run"
+    assert main.main([*map(str, TINY), "--epochs", "2", "--stop_after_epoch", "1", "--threads",
+                      "1", "--run_dir", str(folder)]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    state = checkpoint.load(str(folder / "checkpoint.pt"))
+    for options in (config["options"], state["options"]):
+        del options["conv_bias"], options["track_running_stats"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with open(folder / "checkpoint.pt", "wb") as f:
+        checkpoint.serialize(state, f)
+    # A resume that ends before it checkpoints again leaves the new options in config.json only.
+    assert main.main(["search", "--resume", str(folder), "--threads", "1", "--epochs", "1"]) == 0
+    assert json.loads((folder / "config.json").read_text())["options"]["conv_bias"] is False
+    assert main.main(["search", "--resume", str(folder), "--threads", "1"]) == 0
+    weights = checkpoint.load(str(folder / "checkpoint.pt"))["model"]
+    assert "cells.0.preprocess1.op.2.running_mean" in weights
+    assert "cells.0.preprocess1.op.1.bias" not in weights

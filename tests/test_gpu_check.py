@@ -4,8 +4,10 @@ import os
 import subprocess
 import sys
 
+import measure
 import pytest
-import report
+import step_vs_batch
+import tables
 import torch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.sh")
@@ -65,7 +67,7 @@ def step_records():
                   bench(MIXED, "compiled_reference", 0.12)]
     memory = {(second, "reference"): 1000.0, (second, "fused"): 650.0,
               (second, "fused_recompute"): 310.0}
-    return report.table(benchmarks, 1e12, memory)
+    return tables.table(benchmarks, 1e12, memory)
 
 
 MIXED = "MixedOp fwd+bwd C=16 32x32 batch 64 stride 1 cuda"
@@ -84,7 +86,7 @@ def test_targets_name_each_figure_and_whether_it_is_met():
     _, records = step_records()
     floor = [{"shape": "C16@32x32", "K": 8, "speedup_over_python_sum": 3.5,
               "fused_over_floor": 1.7}]
-    text = report.targets_table(records, floor, "cuda")
+    text = tables.targets_table(records, floor, "cuda")
     assert "| second-order step, fused eager vs original >= 2.0x | 2.50x | yes |" in text
     assert "torch.compile of the original >= 1.3x | 1.25x | NO |" in text
     assert "| second-order step, captured vs original >= 4.0x | 5.00x | yes |" in text
@@ -95,7 +97,7 @@ def test_targets_name_each_figure_and_whether_it_is_met():
     assert "step time, recompute / fused without the fold <= 1.4x | 1.50x | NO |" in text
     assert f"| {MIXED}: BatchNorm fold vs fused_unfolded >= 1.2x | 1.10x | NO |" in text
     assert f"| {MIXED}: BatchNorm fold vs compiled_reference >= 1.0x | 1.20x | yes |" in text
-    cpu_only = report.targets_table(records, [], "cpu")
+    cpu_only = tables.targets_table(records, [], "cpu")
     assert "captured vs original" not in cpu_only and "fold / without it" in cpu_only
     assert "compiling) step | 95.0 s |" in text
     assert "deterministic mode, step time vs eager fused | 1.50x |" in text
@@ -103,8 +105,8 @@ def test_targets_name_each_figure_and_whether_it_is_met():
 
 
 def test_weighted_sum_floor_times_both_sums():
-    records = report.weighted_sum_floor(torch.device("cpu"), 2e10, shapes=["C64@8x8"], repeats=3,
-                                        sets=2)
+    records = measure.weighted_sum_floor(torch.device("cpu"), 2e10, shapes=["C64@8x8"], repeats=3,
+                                         sets=2)
     (r,) = records
     assert r["fused_s"] > 0 and r["python_sum_s"] > 0 and r["floor_s"] > 0
     assert r["fused_over_floor"] == pytest.approx(r["fused_s"] / r["floor_s"])
@@ -113,18 +115,19 @@ def test_weighted_sum_floor_times_both_sums():
 def test_results_md_keeps_the_other_device_section(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n<!-- cpu begin -->\ncpu figures\n<!-- cpu end -->\n")
-    report.update_results_md("cuda", "cuda figures", str(path))
-    report.update_results_md("cuda", "new cuda figures", str(path))
+    tables.update_results_md("cuda", "cuda figures", str(path))
+    tables.update_results_md("cuda", "new cuda figures", str(path))
     text = path.read_text()
     assert "cpu figures" in text and "new cuda figures" in text and "\ncuda figures" not in text
 
 
 def test_budget_table_checks_each_predicted_batch_under_the_budget(monkeypatch):
     specs, results = [], iter([{"peak_mb": 900.0}, {"out_of_memory": True}])
-    monkeypatch.setattr(report, "run_child", lambda spec: specs.append(spec) or next(results))
+    monkeypatch.setattr(step_vs_batch, "run_child",
+                        lambda spec: specs.append(spec) or next(results))
     curve = {"fused": [{"peak_mb": 100.0}, {"peak_mb": 200.0}],
              "reference": [{"peak_mb": 300.0}, {"peak_mb": 600.0}]}
-    text, records = report.budget_table(torch.device("cuda"), [4, 8], curve, 1000.0)
+    text, records = step_vs_batch.budget_table(torch.device("cuda"), [4, 8], curve, 1000.0)
     assert "| fused | 25.0 | 40 | 900 MB | yes |" in text
     assert "| reference | 75.0 | 13 | out of memory | no |" in text
     assert [(s["batch"], s["budget_mb"]) for s in specs] == [(40, 1000.0), (13, 1000.0)]

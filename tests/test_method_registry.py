@@ -92,3 +92,50 @@ def test_registering_twice_or_a_non_method_is_refused():
         methods.register(SigmoidDARTS.__new__(type("X", (SigmoidDARTS,), {"name": "darts"})))
     with pytest.raises(TypeError, match="Method instance"):
         methods.register(object())
+
+
+class SharedOptionMethod(methods.Method):
+    """A method with an option that GDAS has too, a text option, and no reference."""
+    name = "shared-test"
+    summary = "shares --tau_max with gdas"
+    defaults = {**methods.get("darts").defaults, "tau_max": 5.0, "schedule": "cosine"}
+
+    def networks(self):
+        return SigmoidNetwork, None
+
+    def add_options(self, group, kinds):
+        group.add_argument("--tau_max", type=float, default=None, help="shared with gdas")
+        group.add_argument("--schedule", choices=["cosine", "linear"], default=None,
+                           help="a text option")
+
+
+def test_methods_may_share_options_and_take_text_defaults(tmp_path, capsys):
+    methods.register(SharedOptionMethod())
+    try:
+        with pytest.raises(SystemExit):
+            main(["search", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "shared-test: --layers 8" in text and "--schedule cosine" in text
+        run = tmp_path / "run"
+        assert main(["search", "--method", "shared-test", "--tau_max", "3", "--reference",
+                     "--run_dir", str(run), *SMALL]) == 2
+        assert "--reference: shared-test has no formulation" in capsys.readouterr().err
+        assert main(["search", "--method", "darts", "--schedule", "linear", "--run_dir",
+                     str(run), *SMALL]) == 2
+        assert "--schedule is a shared-test option, not a darts one" in capsys.readouterr().err
+        assert not run.exists()
+    finally:
+        methods.unregister("shared-test")
+
+
+def test_a_config_whose_method_is_not_a_name_is_refused(sigmoid_method, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--epochs", "2", "--stop_after_epoch", "1", "--run_dir", str(run),
+                 *SMALL]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["method"] = ["darts"]
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["search", "--resume", str(run), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "method" in err, err

@@ -44,6 +44,8 @@ def test_active_candidates_alone_are_computed(active, stride):
         assert rel_err(a, b) < TOL
     for (name, a), b in zip(fused.named_buffers(), ref.buffers()):
         assert rel_err(a, b) < TOL, name
+    fused.eval()  # any iterable of indices, a generator included
+    assert torch.equal(fused(x, w, (k for k in active)), fused(x, w, active))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -141,3 +143,25 @@ def test_the_genotype_ranks_pc_darts_edges_by_their_scale():
     assert torch.allclose(tables[0].edge_scale, model.edge_weights(model.betas_normal))
     # Equal alphas on every edge: the betas alone order each node's edges, the last two win.
     assert model.genotype().normal == [("sep_conv_5x5", j) for j in (1, 0, 2, 1, 3, 2, 4, 3)]
+
+
+class OriginalMixedOp(nn.Module):
+    """The original's MixedOp signature, (C, stride), on DARTS' candidates."""
+
+    def __init__(self, C, stride):
+        super().__init__()
+        self._ops = reference.MixedOp(C, stride)._ops
+
+    def forward(self, x, weights):
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+
+def test_a_mixed_op_of_the_original_signature_builds_the_network():
+    torch.manual_seed(0)
+    model = darts_fast.Network(4, 10, 2, nn.CrossEntropyLoss(), mixed_op=OriginalMixedOp,
+                               memory_format=None).double()
+    torch.manual_seed(0)
+    plain = darts_fast.Network(4, 10, 2, nn.CrossEntropyLoss(), mixed_op=reference.MixedOp,
+                               memory_format=None).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert rel_err(model(x), plain(x)) < TOL

@@ -54,6 +54,11 @@ class Job:
     def extra_state(self):
         return {}
 
+    def absent_options(self):
+        """What this job's run ran with where its stored options lack one (an option added
+        after the run was made), beyond ``stored_run.ADDED_LATER``."""
+        return {}
+
     def restore_extra(self, state):
         pass
 

@@ -46,7 +46,8 @@ def _open_folder(job):
     else:
         folder = RunDir.create(options.run_dir, job.command, stored)
     try:
-        state, rows, behind = (verify(folder, [k for k in stored if k not in RESUMABLE])
+        state, rows, behind = (verify(folder, [k for k in stored if k not in RESUMABLE],
+                                      job.absent_options())
                                if options.resume else (None, [], False))
         if state is not None:
             _check_processes(state, job.ranks, folder.path)

@@ -29,6 +29,8 @@ def run(options):
         raise UsageError(str(kernels.unavailable("darts-fast search")))
     search_options.check_architecture_steps(options)
     method = methods.get(options.method)
+    if options.reference and method.networks()[1] is None:
+        raise UsageError(f"--reference: {method.name} has no formulation of its authors to run")
     if options.reference and options.hessian == "exact":
         raise UsageError("--hessian exact is a darts_fast option; the --reference algorithm has "
                          "only the original finite difference")
@@ -68,8 +70,11 @@ def _job(options, method, images, labels, split, ranks, device):
         built["primitives"] = options.primitives.split(",")
     if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
         built["fold_batch_norm"] = False
-    model = network(options.init_channels, cifar10.NUM_CLASSES, options.layers, criterion,
-                    **built).to(device)
+    try:
+        model = network(options.init_channels, cifar10.NUM_CLASSES, options.layers, criterion,
+                        **built).to(device)
+    except ValueError as e:  # options the network refuses (a candidate that cannot take them)
+        raise UsageError(str(e)) from None
     if options.sync_batch_norm:
         model = SyncBatchNorm2d.convert(model)
     stepped = model
@@ -157,6 +162,9 @@ class SearchJob(loop.Job):
                   if s is not None and s.skipped_steps is not None]
         return {"weight": sum(weight) if weight else None,
                 "architecture": getattr(self.architect, "skipped_steps", None)}
+
+    def absent_options(self):
+        return search_options.absent_method_options(self.options.method)
 
     def eval_batches(self):
         return self.valid_loader

@@ -45,7 +45,7 @@ def add_search_options(s):
                    help="epochs of weight steps alone before the architecture steps begin "
                         "(must be fewer than --epochs)")
     for name, method in sorted(registered.items()):
-        method.add_options(s.add_argument_group(f"{name} options"), kinds)
+        method.add_options(_SharedOptions(s, s.add_argument_group(f"{name} options")), kinds)
     for action in s._actions:  # the options that --method sets where not given
         if action.default is None and "default" not in (action.help or ""):
             by_method = _method_defaults(action.dest, registered)
@@ -92,7 +92,7 @@ def absent_method_options(name):
     methods' own options (options added after it was made): its method's defaults for that
     method's options, None for the other methods'."""
     registered = methods_.methods()
-    method = registered.get(name)
+    method = registered.get(name) if isinstance(name, str) else None
     values = {option: None for m in registered.values() for option in own_options(m)}
     if method is not None:
         values.update({option: method.defaults.get(option) for option in own_options(method)})
@@ -152,10 +152,24 @@ def _method_defaults(name, registered):
 
 
 def _value_text(value):
-    return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _flag(name, value):
     if isinstance(value, bool):
         return f"--{'' if value else 'no-'}{name}"
-    return f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+    return f"--{name} {_value_text(value)}"
+
+
+class _SharedOptions:
+    """A method's argument group that adds each option once: methods may share an option (the
+    first method, by name, defines it)."""
+
+    def __init__(self, parser, group):
+        self.parser, self.group = parser, group
+
+    def add_argument(self, *flags, **kwargs):
+        if not any(flag in self.parser._option_string_actions for flag in flags):
+            self.group.add_argument(*flags, **kwargs)

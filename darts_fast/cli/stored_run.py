@@ -24,9 +24,10 @@ NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config"
 ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None}
 
 
-def stored_option(options, name):
-    """Option ``name`` of a stored options dict, an earlier version's included."""
-    return options.get(name, ADDED_LATER.get(name))
+def stored_option(options, name, absent=None):
+    """Option ``name`` of a stored options dict, an earlier version's included (``absent``: what
+    the run ran with where an option came later, beyond ``ADDED_LATER``)."""
+    return options.get(name, {**ADDED_LATER, **(absent or {})}.get(name))
 
 
 def stored_options(options):
@@ -48,11 +49,12 @@ def reopen(path, config):
         raise
 
 
-def verify(run, fixed_options):
+def verify(run, fixed_options, absent=None):
     """The checkpoint state (None when the run stopped before its first checkpoint), its
     metrics rows, and whether the outputs on disk lag one epoch behind it, after checking that
     they belong to ``run.config`` and to each other.
-    ``fixed_options``: the option names that must equal the checkpoint's."""
+    ``fixed_options``: the option names that must equal the checkpoint's (``absent``: see
+    ``stored_option``)."""
     config = run.config
     ckpt = os.path.join(run.path, CHECKPOINT)
     rows = _read_metrics(run)
@@ -72,7 +74,8 @@ def verify(run, fixed_options):
     saved = state.get("options")
     saved = saved if isinstance(saved, dict) else {}
     changed = sorted(k for k in fixed_options
-                     if stored_option(saved, k) != stored_option(config["options"], k))
+                     if stored_option(saved, k, absent) != stored_option(config["options"], k,
+                                                                         absent))
     if changed:
         raise RunDirError(f"{CONFIG} in {run.path!r} differs from the checkpoint in "
                           f"{', '.join(changed)}: the file was edited; refusing to resume")

@@ -11,6 +11,7 @@ import functools
 import io
 import shutil
 import subprocess
+import zlib
 
 import matplotlib
 import matplotlib.ticker
@@ -86,16 +87,22 @@ _STEP, _RISE = 1.3, 0.25
 _MARGIN, _TITLE = 0.2, 0.4
 
 
+def _colour(op):
+    """DARTS' candidates one colour each; any other candidate one of another palette, by name
+    (the same in every picture)."""
+    if op in PRIMITIVES:
+        return matplotlib.colormaps["tab10"](PRIMITIVES.index(op) % 10)
+    return matplotlib.colormaps["Dark2"](zlib.crc32(op.encode()) % 8)
+
+
 def _cell_matplotlib(edges, concat, title):
     _, names, outputs = _states(edges, concat)
     order = names + ["c_{k}"]
     x = {n: i * _STEP for i, n in enumerate(order)}
-    colours = {op: matplotlib.colormaps["tab10"](k % 10) for k, op in enumerate(PRIMITIVES)}
-
     def arc(op, a, b, side, colour):  # side 1: over the line; -1: under it
         return op, x[a], x[b], side * _RISE * (1 + order.index(b) - order.index(a)), colour
 
-    arcs = [arc(op, names[j], names[2 + e // 2], 1 - 2 * (e % 2), colours.get(op, "gray"))
+    arcs = [arc(op, names[j], names[2 + e // 2], 1 - 2 * (e % 2), _colour(op))
             for e, (op, j) in enumerate(edges)]
     arcs += [arc("", n, "c_{k}", -1, "lightgray") for n in outputs]
     low = min(top for _, _, _, top, _ in arcs) - _MARGIN

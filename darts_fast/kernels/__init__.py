@@ -9,8 +9,9 @@ called, that names the failure and the rebuild command; :func:`has_ops` tells be
 """
 from ._common import dense_layout, has_ops, statistics_dtype, unavailable
 from .batch_norm_weighted_sum_ops import batch_norm_weighted_sum
-from .multi_tensor_ops import (multi_tensor_axpy_, multi_tensor_finite_difference, multi_tensor_norm,
-                           multi_tensor_revert_, multi_tensor_virtual_step, scalar)
+from .multi_tensor_ops import (multi_tensor_axpy_, multi_tensor_finite_difference,
+                               multi_tensor_norm, multi_tensor_revert_, multi_tensor_virtual_step,
+                               scalar)
 from .weighted_sum_ops import weighted_sum
 
 __all__ = [

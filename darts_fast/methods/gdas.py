@@ -18,14 +18,23 @@ redraws in a row end in an error. :math:`\tau` falls linearly over the epochs (`
 
 As the authors wrote it: the sampling and its use of the global random stream (the normal draw,
 then the reduction draw, retries included: one seed gives the same candidates), the edge's
-:math:`o_i(x)\, h_i`, both alpha matrices searched, and the genotype rule (``genotype``).
+:math:`o_i(x)\, h_i`, both alpha matrices searched, the genotype rule (``pairs_rule``), and the
+weights' learning rate: cosine from ``--learning_rate`` to ``--learning_rate_min`` over the
+epochs, set once an epoch. The authors' scheduler is told the step within the epoch at every
+step, but their ``CosineAnnealingLR`` reads it only during a warm-up, and their GDAS search has
+none (``warmup 0``): its rate moves once an epoch too. Their convolutions before an affine-free
+BatchNorm carry biases (``bias=not affine``) and whether their BatchNorms keep running statistics
+is an option of their script: ``conv_bias=True`` and ``track_running_stats`` (``--conv_bias``,
+``--no-track_running_stats``) build those; by default the convolutions have none, as DARTS',
+and the BatchNorms keep running statistics. The biases cancel in the training-mode BatchNorm (a
+zero gradient) but move the running means and add parameters.
 
 Not as the authors wrote it:
-  * the macro network is darts_fast's DARTS search network (``search_model.Network``: the stem,
-    ``layers`` cells with reductions at ``layers // 3`` and ``2 * layers // 3``, global pooling,
-    the classifier), not the authors' NASNet macro (N cells per stage, N=2 in their search, with
-    the reductions between the stages, and a final BatchNorm and ReLU before the pooling). With 6
-    layers the cells and their reductions sit where the authors' 6 cells do;
+  * the macro network is darts_fast's DARTS search network (``spaces.cnn.network.Network``: the
+    stem, ``layers`` cells with reductions at ``layers // 3`` and ``2 * layers // 3``, global
+    pooling, the classifier), not the authors' NASNet macro (N cells per stage, N=2 in their search,
+    with the reductions between the stages, and a final BatchNorm and ReLU before the pooling). With
+    6 layers the cells and their reductions sit where the authors' 6 cells do;
   * the candidates are DARTS' (``PRIMITIVES``, in its column order, the pools followed by an
     affine-free BatchNorm as in DARTS' search): the authors' space holds the same eight
     operations in another order, its pools without a BatchNorm;
@@ -34,8 +43,6 @@ Not as the authors wrote it:
     index on its own (118 reads per pass of an 8-cell network); a retry, rare, reads again.
     Because of that read the forward pass cannot be captured into a CUDA graph
     (``capturable``: ``SearchStep`` runs it eagerly);
-  * ``darts-fast search`` steps the cosine learning rate once an epoch, as DARTS does; the
-    authors' scheduler moves it at every step;
   * the weight step clips the norm of the weights' gradients (5, as DARTS does). The authors'
     ``clip_grad_norm_(network.parameters(), 5)`` also counts their alphas, parameters there,
     whose gradients then hold the last architecture step's plus the weight step's: where the

@@ -23,7 +23,7 @@ from ..kernels import dense_layout
 from .. import reference
 from ..layers import max_pool
 from ..spaces.cnn.genotypes import PRIMITIVES
-from ..spaces.cnn.mixed_op import MixedOp
+from ..spaces.cnn.mixed_op import MixedOp, weight_rows
 from ..spaces.cnn.network import Network
 from .registry import Method, MethodOptionError, register
 
@@ -60,14 +60,12 @@ class PartialChannelMixedOp(MixedOp):
         # of x pooled whole (a pool would copy their slice first; pooling is per channel).
         x_part = x[:, :part].contiguous(memory_format=dense_layout(x))
         rest = max_pool.max_pool2d(self.mp, x)[:, part:] if self.stride == 2 else x[:, part:]
-        if active is None:
-            ks, rows = self._computed, weights[self._weight_index]
-        else:
-            ks, rows = self._active(weights, active)
-            if not ks:  # only 'none': zeros in the candidates' channels
-                return channel_shuffle(torch.cat([self._zero(x_part, weights, active), rest], 1),
-                                       self.k)
-        return self._run(self._mix, x_part, rows, ks, rest, self.k)
+        active = range(len(self._ops)) if active is None else self._check_active(active)
+        ks = [k for k in active if k in self._computed]
+        if not ks:  # only 'none': zeros in the candidates' channels
+            zero = self._ops[active[0]](x_part) * weights[active[0]]
+            return channel_shuffle(torch.cat([zero, rest], 1), self.k)
+        return self._run(self._mix, x_part, weight_rows(weights, ks), ks, rest, self.k)
 
 
 def channel_shuffle(x, groups):

@@ -27,7 +27,7 @@ class Method:
     one_process = None
 
     def networks(self):
-        """(darts_fast's network class, its authors' formulation for ``--reference``)."""
+        """(darts_fast's network class, its authors' formulation for ``--reference`` or None)."""
         raise NotImplementedError
 
     def add_options(self, group, kinds):

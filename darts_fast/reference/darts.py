@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..spaces.cnn.architecture import ArchitectureTable
 from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
-from ..spaces.cnn.operations import OPS, FactorizedReduce, ReLUConvBN
+from ..spaces.cnn.operations import OPS, FactorizedReduce, ReLUConvBN, build_candidate
 
 
 def candidates(C, stride, primitives=PRIMITIVES, conv_bias=False, track_running_stats=True):
@@ -33,7 +33,7 @@ def candidates(C, stride, primitives=PRIMITIVES, conv_bias=False, track_running_
                          f"{', '.join(map(repr, unknown))}")
     ops = nn.ModuleList()
     for primitive in primitives:
-        op = OPS[primitive](C, stride, False, conv_bias, track_running_stats)
+        op = build_candidate(primitive, C, stride, False, conv_bias, track_running_stats)
         if "pool" in primitive:
             op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False,
                                                   track_running_stats=track_running_stats))

@@ -1,6 +1,7 @@
-r"""GDAS' search cell, sampling and genotype rule as their authors wrote them (D-X-Y/AutoDL-Projects,
-``search_cells.py``'s ``NASNetSearchCell`` and ``search_model_gdas_nasnet.py``'s
-``NASNetworkGDAS``), in DARTS' search network (``reference.darts``, with its departures).
+r"""GDAS' search cell, sampling and genotype rule as their authors wrote them
+(D-X-Y/AutoDL-Projects, ``search_cells.py``'s ``NASNetSearchCell`` and
+``search_model_gdas_nasnet.py``'s ``NASNetworkGDAS``), in DARTS' search network
+(``reference.darts``, with its departures).
 
 Each forward pass draws, for the normal cells and then for the reduction cells, until the noise
 and the probabilities are finite (each check a host read; forever for alphas that are not
@@ -74,6 +75,9 @@ class GDASCell(nn.Module):
 class GDASNetwork(Network):
     """``tau``: the temperature of the draws (10 at first, as the authors'; their search sets
     it every epoch, falling linearly from ``tau_max`` to ``tau_min``)."""
+
+    # Each edge reads its sampled index on the host.
+    capturable = False
 
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, conv_bias=False, track_running_stats=True, recompute=False,

@@ -35,10 +35,10 @@ The numbers are the original's (within float rounding); what changes is how:
     buffers, in training mode, as the original's fresh model does;
   * first order computes only the alpha gradient: unlike the original it leaves the weights'
     ``.grad`` alone (the training loop zeroes those before its weight step anyway);
-  * nothing is read on the host: a step whose losses or alpha gradient are not finite is undone
-    on the device and counted in ``skipped_steps`` (see ``darts_fast.skip``), where the original
+  * nothing is read on the host: a step whose losses or alpha gradient are not finite is undone on
+    the device and counted in ``skipped_steps`` (see ``darts_fast.search.skip``), where the original
     would write nan into the alphas; ``eta`` may be a 0-dim device tensor. The step can thus be
-    captured into a CUDA graph (``darts_fast.search_step``).
+    captured into a CUDA graph (``darts_fast.search.step``).
 
 Several processes (``torchrun``): give the architect the DDP-wrapped model, or the model and a
 ``process_group``. Each rank computes on its shard; what the formulas need is averaged over the

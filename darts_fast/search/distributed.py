@@ -3,7 +3,7 @@ together (``torchrun``; NCCL on GPUs, gloo on CPUs): each rank computes on its s
 and the architect averages what the DARTS formulas need, one all-reduce of a flattened buffer per
 quantity (not one per tensor); the ranks agree on whether a step is kept; a cheap hash shows that
 the alphas stay identical on every rank; ``sum_over_ranks`` carries gradients across the ranks
-for statistics taken over the whole batch (``darts_fast.sync_batch_norm``)."""
+for statistics taken over the whole batch (``darts_fast.search.sync_batch_norm``)."""
 import torch
 import torch.distributed as dist
 

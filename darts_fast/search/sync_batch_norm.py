@@ -12,7 +12,7 @@ all shards instead: per channel c, with the sums over the ranks :math:`n = \sum_
 
 and the running statistics are updated with :math:`\mu_c` and the unbiased
 :math:`\sigma^2_c\, n / (n - 1)`, as ``nn.BatchNorm2d`` does on the whole batch. The gradient
-flows through the all-reduce (``darts_fast.distributed.sum_over_ranks``), twice for double
+flows through the all-reduce (``darts_fast.search.distributed.sum_over_ranks``), twice for double
 backward, so with DDP's averaging every gradient is the whole-batch one.
 
 ``torch.nn.SyncBatchNorm`` does the same on GPUs only; this module also runs under gloo, which

@@ -44,8 +44,7 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList()
         for name, index in zip(op_names, indices):
             stride = 2 if reduction and index < 2 else 1
-            # affine, no conv bias, running statistics: the original's evaluation cell.
-            self._ops.append(OPS[name](C, stride, True, False, True))
+            self._ops.append(OPS[name](C, stride, True))
         self._indices = indices
 
     def forward(self, s0, s1, drop_prob):

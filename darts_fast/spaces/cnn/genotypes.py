@@ -130,7 +130,8 @@ def validate_genotype(genotype):
 
 def parse_genotype(spec):
     """A genotype from a JSON file path, a known name (DARTS, DARTS_V1, DARTS_V2) or the text of
-    the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)``."""
+    the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...],
+    reduce_concat=...)``."""
     spec = spec.strip()
     if spec in NAMED:
         return NAMED[spec]

@@ -16,7 +16,7 @@ buffers: the op reads their settings and updates their running statistics as
 ``nn.BatchNorm2d`` does (training mode: batch statistics, momentum, unbiased running variance,
 ``num_batches_tracked``; eval mode: the running statistics), so state dicts and checkpoints are
 those of the original. The max-pool candidate keeps no int64 indices for its backward pass
-(``darts_fast.max_pool``).
+(``darts_fast.layers.max_pool``).
 
 ``recompute=True`` keeps only the op's input for the backward pass and computes the candidates
 again there (``torch.utils.checkpoint``): a mixed op then stores one tensor instead of the
@@ -51,8 +51,6 @@ class MixedOp(nn.Module):
         if not computed:
             raise ValueError("MixedOp: primitives must name at least one operation besides 'none'")
         self._computed = computed
-        contiguous = computed == list(range(computed[0], computed[-1] + 1))
-        self._weight_index = slice(computed[0], computed[-1] + 1) if contiguous else computed
         # Per candidate k: whether it starts from relu(x), how its BatchNorm folds.
         self._from_relu = [hasattr(op, "forward_from_relu") for op in self._ops]
         self._folds = [_fold_kind(op) for op in self._ops]
@@ -64,14 +62,15 @@ class MixedOp(nn.Module):
         gradient (GDAS' straight-through weights then reach every alpha)."""
         self._check_weights(weights)
         if active is None:
-            return self._run(self._mix, x, weights[self._weight_index], self._computed)
-        ks, rows = self._active(weights, active)
+            return self._run(self._mix, x, weight_rows(weights, self._computed), self._computed)
+        active = self._check_active(active)
+        ks = [k for k in active if k in self._computed]
         if not ks:  # only 'none': a zero output, and zero gradients
-            return self._zero(x, weights, active)
-        return self._run(self._mix, x, rows, ks)
+            return self._ops[active[0]](x) * weights[active[0]]
+        return self._run(self._mix, x, weight_rows(weights, ks), ks)
 
-    def _active(self, weights, active):
-        """The computed candidates among ``active`` and their rows of ``weights``."""
+    def _check_active(self, active):
+        """``active`` as a list of distinct candidate indices."""
         n = len(self._ops)
         if isinstance(active, (str, bytes)) or not hasattr(active, "__iter__"):
             raise ValueError(f"MixedOp: active must be a sequence of candidate indices, got "
@@ -81,14 +80,7 @@ class MixedOp(nn.Module):
                              for k in active) or len(set(active)) != len(active):
             raise ValueError(f"MixedOp: active must name distinct candidates, ints in [0, {n}), "
                              f"one at least; got {active!r}")
-        ks = [k for k in active if k in self._computed]
-        if ks and ks == list(range(ks[0], ks[0] + len(ks))):
-            # A slice keeps the rows a view: a list index would copy it to the device.
-            return ks, weights[ks[0]:ks[0] + len(ks)]
-        return ks, weights[ks]
-
-    def _zero(self, x, weights, active):
-        return self._ops[active[0]](x) * weights[active[0]]
+        return active
 
     def _check_weights(self, weights):
         if weights.dim() != 1 or weights.shape[0] != len(self._ops):
@@ -165,6 +157,15 @@ class MixedOp(nn.Module):
             _update_running_stats([bns[k] for k in updated], [means[k] for k in updated],
                                   [variances[k] for k in updated], n)
         return out
+
+
+def weight_rows(weights, ks):
+    """``weights[ks]`` for a list of Python ints: a view where they are consecutive, else rows
+    stacked on the device (a list index would copy the list to the device, which a CUDA graph
+    capture does not allow)."""
+    if ks == list(range(ks[0], ks[0] + len(ks))):
+        return weights[ks[0]:ks[0] + len(ks)]
+    return torch.stack([weights[k] for k in ks])
 
 
 # How a candidate's final BatchNorm folds into the weighted sum (0: it does not).

@@ -64,11 +64,14 @@ class Cell(nn.Module):
 
 
 class Network(nn.Module):
-    """The DARTS search network. Alphas (``alphas_normal``, ``alphas_reduce``, 14x8 each) are leaf
-    tensors with ``requires_grad``, not parameters: absent from ``parameters()`` and
-    ``state_dict()``, as in the original; ``.to()``/``.cuda()``/``.double()`` move them too.
+    """The DARTS search network. Alphas (``alphas_normal``, ``alphas_reduce``, [edges, candidates]
+    each: 14x8 with the defaults) are leaf tensors with ``requires_grad``, not parameters: absent
+    from ``parameters()`` and ``state_dict()``, as in the original; ``.to()``/``.cuda()``/
+    ``.double()`` move them too.
 
-    ``mixed_op``: the mixed-operation class (default: the fused ``darts_fast.MixedOp``).
+    ``mixed_op``: the mixed-operation class (default: the fused ``darts_fast.MixedOp``); another
+    class is built as ``mixed_op(C, stride)``, with ``primitives``, ``conv_bias`` and
+    ``track_running_stats`` added where they differ from their defaults.
     ``recompute``: the fused mixed ops keep only their input for the backward pass and compute
     their candidates again there (see ``darts_fast.MixedOp``): far less memory, the same numbers,
     one more forward pass.
@@ -120,6 +123,15 @@ class Network(nn.Module):
                              f"or torch.contiguous_format, got {memory_format!r}")
         self._memory_format = memory_format
 
+        # A mixed op that is not darts_fast's gets only the options that differ from the
+        # defaults: the original's MixedOp(C, stride) works as it is.
+        edge_options = dict(recompute=recompute, fold_batch_norm=fold_batch_norm) if fused else {}
+        if self._primitives != tuple(PRIMITIVES):
+            edge_options["primitives"] = self._primitives
+        if conv_bias:
+            edge_options["conv_bias"] = True
+        if not track_running_stats:
+            edge_options["track_running_stats"] = False
         C_curr = stem_multiplier * C
         self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
@@ -129,10 +141,8 @@ class Network(nn.Module):
             reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
-            options = dict(recompute=recompute, fold_batch_norm=fold_batch_norm) if fused else {}
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, functools.partial(mixed_op, primitives=self._primitives,
-                                                          **options, **self._op_options),
+                        reduction_prev, functools.partial(mixed_op, **edge_options),
                         **self._op_options)
             reduction_prev = reduction
             self.cells.append(cell)

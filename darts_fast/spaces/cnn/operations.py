@@ -6,10 +6,12 @@ Operations that begin with a ReLU (sep/dil convs, the factorized reduction) also
 and, as they all end in a BatchNorm, ``features_from_relu(relu_x)`` (what enters it) and
 ``final_batch_norm``, for the mixed op that folds that BatchNorm into its weighted sum.
 The fused MixedOp uses it to compute ``relu(x)`` once for all of them, and it runs depthwise
-convolutions through ``darts_fast.depthwise`` (a faster input gradient); the values are the same
-within float rounding.
+convolutions through ``darts_fast.layers.depthwise`` (a faster input gradient); the values are
+the same within float rounding.
 """
+import inspect
 import itertools
+import re
 
 import torch
 import torch.nn as nn
@@ -202,7 +204,7 @@ def candidate_ops(C, stride, primitives, conv_bias=False, track_running_stats=Tr
                          f"known: {', '.join(OPS)}")
     ops = nn.ModuleList()
     for primitive in primitives:
-        op = OPS[primitive](C, stride, False, conv_bias, track_running_stats)
+        op = build_candidate(primitive, C, stride, False, conv_bias, track_running_stats)
         if "pool" in primitive:
             op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False,
                                                   track_running_stats=track_running_stats))
@@ -210,10 +212,26 @@ def candidate_ops(C, stride, primitives, conv_bias=False, track_running_stats=Tr
     return ops
 
 
+def build_candidate(name, C, stride, affine, conv_bias=False, track_running_stats=True):
+    """``OPS[name]``'s module. GDAS' options are passed only where they are asked for, so that an
+    entry written the original's way, ``(C, stride, affine)``, builds as it did."""
+    build = OPS[name]
+    if not conv_bias and track_running_stats:
+        return build(C, stride, affine)
+    try:
+        inspect.signature(build).bind(C, stride, affine, conv_bias, track_running_stats)
+    except TypeError:
+        raise ValueError(f"candidate {name!r} is built as (C, stride, affine) only: it cannot "
+                         f"take conv_bias={conv_bias} and track_running_stats="
+                         f"{track_running_stats}; give its builder those two parameters") from None
+    return build(C, stride, affine, conv_bias, track_running_stats)
+
+
 def register_candidate(name, build):
-    """Adds the candidate operation ``name`` to the search space: ``build(C, stride, affine,
-    conv_bias, track_running_stats)`` (called with all five, positionally) returns a module that
-    maps C channels to C channels at ``stride`` (1, or 2 on a reduction cell's input edges).
+    """Adds the candidate operation ``name`` to the search space: ``build(C, stride, affine)``
+    returns a module that maps C channels to C channels at ``stride`` (1, or 2 on a reduction
+    cell's input edges); a network built with GDAS' options calls ``build(C, stride, affine,
+    conv_bias, track_running_stats)``.
 
     The name then works in a network's ``primitives``, in ``darts-fast search --primitives`` (from
     a program that registers it and calls ``darts_fast.cli.main.main``) and in genotypes, whose
@@ -222,9 +240,10 @@ def register_candidate(name, build):
     into the weighted sum; any other module is computed as it is and weighted by the plain
     weighted sum. As in the original, a name holding ``pool`` gets an affine-free BatchNorm after
     it in the search network."""
-    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n'\"()[]"):
-        raise ValueError(f"register_candidate: name must be a non-empty string without commas, "
-                         f"spaces, quotes or brackets, got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ValueError(f"register_candidate: name must be letters, digits and _ . + - only "
+                         f"(it appears in --primitives, genotype texts and pictures), got "
+                         f"{name!r}")
     if name in OPS:
         raise ValueError(f"register_candidate: a candidate named {name!r} exists already")
     if not callable(build):
