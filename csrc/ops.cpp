@@ -40,6 +40,17 @@ TORCH_LIBRARY(darts_fast, m) {
       "Tensor invstd, bool[] batch_stats, bool[] ys_need_grad, bool weights_need_grad, "
       "int groups=1, bool rest_need_grad=False) -> (Tensor[], Tensor, Tensor)");
 
+  // One node of DARTS' recurrent search cell: states [J, B, H] (the predecessor states s_j),
+  // ch [J, B, 2H] (their pre-activations, c_j then h_j), probs [J, 4] (the probabilities of
+  // tanh, relu, sigmoid, identity per predecessor); out [B, H] =
+  // sum_j sum_k probs[j, k] * (s_j + sigmoid(c_j) * (f_k(h_j) - s_j)).
+  m.def("rnn_node(Tensor states, Tensor ch, Tensor probs) -> Tensor");
+  // Returns (grad of states, grad of ch, grad of probs), each an empty tensor where its flag in
+  // needs_grad is false; the activations are computed again from the inputs.
+  m.def(
+      "rnn_node_backward(Tensor grad, Tensor states, Tensor ch, Tensor probs, bool[3] needs_grad)"
+      " -> (Tensor, Tensor, Tensor)");
+
   // sqrt(sum_i sum(tensors[i]^2)) as a 0-dim tensor, computed on the tensors' device.
   m.def("multi_tensor_norm(Tensor[] tensors) -> Tensor");
   // ys[i] += alpha * xs[i], alpha a 0-dim tensor.

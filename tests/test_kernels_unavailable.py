@@ -93,6 +93,8 @@ CHILD = """
             [x], [x], [x], torch.tensor(1.0), 0.1),
         "multi_tensor_revert_": lambda: kernels.multi_tensor_revert_([x.clone()], [x],
                                                                      torch.tensor(False)),
+        "rnn_node": lambda: kernels.rnn_node(torch.ones(2, 3, 4), torch.ones(2, 3, 8),
+                                             torch.ones(2, 4)),
     }
     errors = {}
     for name, call in calls.items():
@@ -118,7 +120,8 @@ def run_child(case):
 def registrations(*ops):
     """What the op families register for ``ops`` (the forward operators), in import order."""
     backward = {"weighted_sum": "weighted_sum_backward",
-                "batch_norm_weighted_sum": "batch_norm_weighted_sum_backward"}
+                "batch_norm_weighted_sum": "batch_norm_weighted_sum_backward",
+                "rnn_node": "rnn_node_backward"}
     fakes, autograd = [], []
     for op in ops:
         fakes += [f"register_fake darts_fast::{name}" for name in (op, backward.get(op)) if name]
@@ -133,7 +136,8 @@ def test_without_the_library_the_package_imports_and_each_kernel_names_the_failu
     assert got["registered"] == []
     assert sorted(got["errors"]) == sorted([
         "weighted_sum", "batch_norm_weighted_sum", "multi_tensor_norm", "multi_tensor_axpy_",
-        "multi_tensor_virtual_step", "multi_tensor_finite_difference", "multi_tensor_revert_"])
+        "multi_tensor_virtual_step", "multi_tensor_finite_difference", "multi_tensor_revert_",
+        "rnn_node"])
     for name, (message, cause) in got["errors"].items():
         assert message.startswith(f"darts_fast.kernels.{name} needs darts_fast's compiled "
                                   f"operators"), message
@@ -150,10 +154,12 @@ def test_a_library_without_some_operators_registers_and_runs_the_others():
     assert sorted(got["registered"]) == sorted(fakes + autograd)
     assert sorted(got["errors"]) == sorted([
         "batch_norm_weighted_sum", "multi_tensor_norm", "multi_tensor_axpy_",
-        "multi_tensor_virtual_step", "multi_tensor_finite_difference", "multi_tensor_revert_"])
+        "multi_tensor_virtual_step", "multi_tensor_finite_difference", "multi_tensor_revert_",
+        "rnn_node"])
     for name, (message, _) in got["errors"].items():
-        missing = "darts_fast::" + name + (", darts_fast::batch_norm_weighted_sum_backward"
-                                           if name == "batch_norm_weighted_sum" else "")
+        missing = "darts_fast::" + name + (f", darts_fast::{name}_backward"
+                                           if name in ("batch_norm_weighted_sum", "rnn_node")
+                                           else "")
         assert message.startswith(f"darts_fast.kernels.{name} needs the operators {missing}, "
                                   f"which the library darts_fast._C, loaded from /old/_C.so, "
                                   f"does not define: it was built from other sources"), message
@@ -167,7 +173,7 @@ def test_with_the_library_every_operator_is_registered_and_runs():
     fakes, autograd = registrations("weighted_sum", "batch_norm_weighted_sum",
                                     "multi_tensor_norm", "multi_tensor_axpy_",
                                     "multi_tensor_virtual_step", "multi_tensor_finite_difference",
-                                    "multi_tensor_revert_")
+                                    "multi_tensor_revert_", "rnn_node")
     assert sorted(got["registered"]) == sorted(fakes + autograd)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ..spaces.cnn.genotypes import GenotypeError
+from ..spaces.genotype_text import GenotypeError
 from . import search, search_options, train
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
 from .options import Parser, common_options, fraction, non_negative

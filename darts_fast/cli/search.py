@@ -27,8 +27,8 @@ from .errors import Diverged, UsageError
 def run(options):
     if not kernels.has_ops():  # before the run folder is touched
         raise UsageError(str(kernels.unavailable("darts-fast search")))
-    search_options.check_architecture_steps(options)
     method = methods.get(options.method)
+    search_options.check_architecture_steps(options, method)
     if options.reference and method.networks()[1] is None:
         raise UsageError(f"--reference: {method.name} has no formulation of its authors to run")
     if options.reference and options.hessian == "exact":

@@ -123,13 +123,12 @@ def resolve_method(options):
         raise UsageError(str(e)) from None
 
 
-def check_architecture_steps(options):
+def check_architecture_steps(options, method):
     """Refuses a search (new, or resumed with other --epochs) that would end before its first
     architecture step: its genotype would be read from the alphas as initialised, at random."""
     start, epochs = options.arch_start_epoch, options.epochs
     if start < epochs:
         return
-    method = methods_.get(options.method)
     default = f" (the {method.name} default)" if start == method.defaults.get(
         "arch_start_epoch") else ""
     fix = f"more --epochs than {start}" + ("" if options.resume else

@@ -2,11 +2,9 @@
 
 ``PRIMITIVES`` keeps the original column order of every alpha matrix.
 """
-import ast
-import json
-import os
 from collections import namedtuple
 
+from ..genotype_text import GenotypeError, parse_spec
 from .operations import OPS
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
@@ -42,10 +40,6 @@ DARTS_V2 = Genotype(
 DARTS = DARTS_V2
 
 NAMED = {"DARTS": DARTS, "DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
-
-
-class GenotypeError(ValueError):
-    """A genotype that cannot be read or is not a valid cell description."""
 
 
 def genotype_to_dict(genotype):
@@ -129,47 +123,9 @@ def validate_genotype(genotype):
 
 
 def parse_genotype(spec):
-    """A genotype from a JSON file path, a known name (DARTS, DARTS_V1, DARTS_V2) or the text of
-    the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...],
+    """A genotype from a JSON file path, a known name (DARTS, DARTS_V1, DARTS_V2), JSON text or
+    the text of the original's ``Genotype(normal=[...], normal_concat=..., reduce=[...],
     reduce_concat=...)``."""
-    spec = spec.strip()
-    if spec in NAMED:
-        return NAMED[spec]
-    if spec.startswith("Genotype(") or spec.startswith("{"):
-        text = spec
-    elif os.path.isfile(spec):
-        try:
-            with open(spec, encoding="utf-8") as f:
-                text = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise GenotypeError(f"genotype file {spec!r} cannot be read as text: {e}") from None
-    else:
-        raise GenotypeError(f"genotype {spec!r} is neither a file, a known name "
-                            f"({', '.join(NAMED)}) nor Genotype(...) text")
-    if text.startswith("{"):
-        try:
-            return genotype_from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"genotype JSON is malformed: {e}") from None
-    try:
-        call = ast.parse(text, mode="eval").body
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"):
-            raise ValueError("expected Genotype(...)")
-        values = {kw.arg: _literal(kw.value) for kw in call.keywords}
-        values.update(zip(Genotype._fields, (_literal(a) for a in call.args)))
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
-        # literal_eval and range() fail in all of these ways on text that is not a genotype.
-        raise GenotypeError(f"genotype text is malformed: {e.__class__.__name__}: {e}; expected "
-                            f"Genotype(normal=[(op, input), ...], normal_concat=[...], "
-                            f"reduce=[...], reduce_concat=[...])") from None
-    return genotype_from_dict(values)
-
-
-def _literal(node):
-    # range(a, b) appears in genotypes printed by the search; everything else is a literal.
-    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range":
-        nodes = range(*[ast.literal_eval(a) for a in node.args])
-        if len(nodes) > 64:  # a cell has a handful of nodes; refuse before building a huge list
-            raise ValueError(f"{len(nodes)} nodes in a range")
-        return list(nodes)
-    return ast.literal_eval(node)
+    return parse_spec(spec, NAMED, Genotype._fields, genotype_from_dict,
+                      "Genotype(normal=[(op, input), ...], normal_concat=[...], reduce=[...], "
+                      "reduce_concat=[...])")
