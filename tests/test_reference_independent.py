@@ -26,7 +26,8 @@ REFERENCE_CLASSES = [reference.MixedOp, reference.Network, reference.Architect,
 # What the reference may import: the leaf candidate operations, the genotype names, the outputs'
 # table type, its own modules, and libraries.
 ALLOWED_IMPORTS = {"..spaces.cnn.operations", "..spaces.cnn.genotypes",
-                   "..spaces.cnn.architecture", "..spaces.rnn.genotypes", ".architect", ".darts",
+                   "..spaces.cnn.architecture", "..spaces.rnn.genotypes", ".alphas", ".architect",
+                   ".darts",
                    ".gdas", ".pc_darts", ".rnn", ".rnn_architect", ".rnn_model",
                    "functools", "numpy", "torch", "torch.nn", "torch.nn.functional"}
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..spaces.cnn.architecture import ArchitectureTable
 from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
 from ..spaces.cnn.operations import OPS, FactorizedReduce, ReLUConvBN, build_candidate
+from .alphas import LeafAlphas
 
 
 def candidates(C, stride, primitives=PRIMITIVES, conv_bias=False, track_running_stats=True):
@@ -90,7 +91,7 @@ class Cell(nn.Module):
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
-class Network(nn.Module):
+class Network(LeafAlphas, nn.Module):
     """DARTS' search network: the stem, ``layers`` cells (reductions at ``layers // 3`` and
     ``2 * layers // 3``), global pooling, the classifier; alphas ``[edges, candidates]`` drawn
     after the weights, ``1e-3 * randn``. Each cell weighs its edges with
@@ -149,18 +150,6 @@ class Network(nn.Module):
         self.alphas_normal = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self.alphas_reduce = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self._arch_parameters = [self.alphas_normal, self.alphas_reduce]
-
-    def _apply(self, fn, *args, **kwargs):
-        # The alphas are not parameters: moved by hand, in place, so that an optimizer holding
-        # them keeps working.
-        super()._apply(fn, *args, **kwargs)
-        with torch.no_grad():
-            for alpha in self._arch_parameters:
-                alpha.data = fn(alpha.data)
-        return self
-
-    def arch_parameters(self):
-        return self._arch_parameters
 
     def new(self):
         """A network of this configuration, device and dtype, with fresh weights (drawn from the

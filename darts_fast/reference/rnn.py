@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..spaces.rnn.genotypes import CONCAT, PRIMITIVES, STEPS, Genotype
+from .alphas import LeafAlphas
 from .rnn_model import DARTSCell, RNNModel
 
 __all__ = ["DARTSCell", "DARTSCellSearch", "RNNModel", "RNNModelSearch"]
@@ -65,7 +66,7 @@ class DARTSCellSearch(DARTSCell):
         return torch.mean(states[-CONCAT:], dim=0)
 
 
-class RNNModelSearch(RNNModel):
+class RNNModelSearch(LeafAlphas, RNNModel):
     """DARTS' recurrent search model: ``RNNModel`` on ``DARTSCellSearch`` with the alphas
     ``weights`` [36, 5] = ``1e-3 * randn`` drawn after the weights, shared with the cell."""
 
@@ -93,18 +94,6 @@ class RNNModelSearch(RNNModel):
         self._arch_parameters = [self.weights]
         for rnn in self.rnns:
             rnn.weights = self.weights
-
-    def _apply(self, fn, *args, **kwargs):
-        # The alphas are not parameters: moved by hand, in place, so that the cell and an
-        # optimizer holding them keep the same tensor.
-        super()._apply(fn, *args, **kwargs)
-        with torch.no_grad():
-            for alpha in self._arch_parameters:
-                alpha.data = fn(alpha.data)
-        return self
-
-    def arch_parameters(self):
-        return self._arch_parameters
 
     def _loss(self, hidden, input, target):
         """``(nll_loss(log_prob, target), next hidden)``, ``target`` [T * B]."""
