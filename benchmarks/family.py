@@ -6,7 +6,10 @@
     and darts_fast's op (weighted sum, concatenation and shuffle in one kernel);
   * a PC-DARTS search step (first order, the authors' default, and second order) and a GDAS
     search step (weights first, then the alphas, first order): the authors' formulation
-    (``darts_fast.reference``) against darts_fast's networks, SearchStep and Architect.
+    (``darts_fast.reference``) against darts_fast's networks, SearchStep and Architect;
+  * DARTS' recurrent search (``rnn_cases.py``): one node of the search cell forward + backward
+    (the authors' loop, torch.compile of it, ``kernels.rnn_node``) and the second-order search
+    step (the authors' model and architect against darts_fast's, captured on a GPU).
 
 Every case runs in a fresh process (so the peak resident memory is its own): a warm-up call
 (after the compiling call for torch.compile), then the median of ``--rounds`` timed calls; the
@@ -34,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from cases import gdas_search_step, search_step, synchronized  # noqa: E402
 from measure import run_child, timed_peak  # noqa: E402
+from rnn_cases import RNN_CONFIG, node, search_step as rnn_search_step  # noqa: E402
 from tables import update_results_md  # noqa: E402
 
 from darts_fast import reference  # noqa: E402
@@ -45,7 +49,8 @@ STEP_CONFIG = {"cpu": dict(C=16, layers=5, batch=32), "cuda": dict(C=16, layers=
 PC_ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4,
                                 arch_weight_decay=1e-3)
 
-# case -> (impls, the baseline, the target: (ours / baseline at least, peak at most)). The mixed
+# case -> (impls, the baseline, the target: (ours / baseline at least, peak at most), or a target
+# per device). The mixed
 # op runs on NCHW inputs (the authors' layout) and on channels_last ones (the layout darts_fast's
 # networks run in on the CPU), each impl against the authors' code on the same input.
 OP_IMPLS = ["reference", "compiled_reference", "fused", "reference_channels_last",
@@ -56,6 +61,11 @@ CASES = {
     "pc_step_first": (["reference", "fused"], "reference", (1.3, 0.8)),
     "pc_step_second": (["reference", "fused"], "reference", (1.3, 0.8)),
     "gdas_step": (["reference", "fused"], "reference", (1.3, None)),
+    "rnn_node": (["reference", "compiled_reference", "fused"], "reference", (None, None)),
+    # The fused node keeps none of the four activation outputs per edge that autograd keeps for
+    # the authors' loop; on a GPU, where the cell is launch-bound, the step is captured.
+    "rnn_step_second": (["reference", "fused"], "reference",
+                        {"cpu": (1.3, 0.5), "cuda": (4.0, None)}),
 }
 DESCRIPTION = {
     "pc_mixed_op_stride1": "PC-DARTS mixed op fwd+bwd, x 256x16x32x32, k 4, stride 1",
@@ -63,6 +73,8 @@ DESCRIPTION = {
     "pc_step_first": "PC-DARTS search step, first order",
     "pc_step_second": "PC-DARTS search step, second order",
     "gdas_step": "GDAS search step (weights, then alphas; first order)",
+    "rnn_node": "DARTS recurrent node fwd+bwd, 8 predecessors, 300 units",
+    "rnn_step_second": "DARTS recurrent search step, second order, bptt 35, 300 units",
 }
 
 
@@ -95,6 +107,9 @@ def pc_step(impl, device, unrolled, config):
 
 
 def build(case, impl, device, config):
+    if case.startswith("rnn"):
+        rnn_config = {**RNN_CONFIG[device.type], **config.get("rnn", {})}
+        return (node if case == "rnn_node" else rnn_search_step)(impl, device, rnn_config)
     if case.startswith("pc_mixed_op"):
         return pc_mixed_op(impl, device, stride=int(case[-1]), batch=config.get("op_batch", 256))
     if case.startswith("pc_step"):
@@ -140,12 +155,18 @@ def baseline_of(case, impl):
     return "reference_channels_last" if impl.endswith("channels_last") else CASES[case][1]
 
 
-def tables(results):
+def target(case, device_type):
+    """(speed at least, peak at most) of ``case`` on ``device_type``; None: none set."""
+    goal = CASES[case][2]
+    return goal[device_type] if isinstance(goal, dict) else goal
+
+
+def tables(results, device_type="cpu"):
     rows = ["| case | impl | time (s) | speedup over the authors' | peak memory (MB) | "
             "peak / the authors' |", "|---|---|---|---|---|---|"]
     targets = ["| target | measured | met |", "|---|---|---|"]
     for case, by_impl in results.items():
-        at_least, peak_at_most = CASES[case][2]
+        at_least, peak_at_most = target(case, device_type)
         for impl, runs in by_impl.items():
             base = by_impl[baseline_of(case, impl)]
             speed = [b["seconds"] / r["seconds"] for b, r in zip(base, runs)]
@@ -157,7 +178,7 @@ def tables(results):
                         f"{spread(speed, '{:.2f}x')} | "
                         f"{spread(peaks, '{:.0f}') if peaks else 'n/a'} | "
                         f"{spread(memory, '{:.2f}') if memory else 'n/a'} |")
-            if not impl.startswith("fused"):
+            if not impl.startswith("fused") or at_least is None:
                 continue
             what = f"{DESCRIPTION[case]}{', channels_last' if impl != 'fused' else ''}"
             targets.append(f"| {what}: speed >= {at_least}x | {spread(speed, '{:.2f}x')} | "
@@ -167,6 +188,11 @@ def tables(results):
                 targets.append(f"| {what}: peak memory <= {peak_at_most}x | "
                                f"{spread(memory, '{:.2f}x')} | {'yes' if met else 'NO'} |")
     return "\n".join(rows), "\n".join(targets)
+
+
+def _rnn_text(config):
+    return (f"{config['nhid']} units, batch {config['batch']}, bptt {config['bptt']}, "
+            f"{config['ntoken']} words")
 
 
 def main():
@@ -182,19 +208,28 @@ def main():
     device = torch.device(options.device)
     config = STEP_CONFIG[device.type]
     results = measure(options.cases, device, config, options.repeats, options.rounds)
-    table, targets = tables(results)
-    command = (f"python benchmarks/family.py --device {device.type} --repeats {options.repeats} "
-               f"--rounds {options.rounds}")
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    section = (f"## The DARTS family against its authors' code ({device.type})\n\n"
-               f"{datetime.date.today()}, {machine}, torch {torch.__version__}: `{command}`. "
-               f"Search steps: C={config['C']}, {config['layers']} layers, batch "
-               f"{config['batch']}, float32. Median of {options.rounds} timed calls per case "
-               f"and process, over {options.repeats} repetitions: median [min-max].\n\n"
-               f"{table}\n\n{targets}\n")
-    print(section)
-    update_results_md(f"family-{device.type}", section)
+    # Each space its own section, so that measuring one leaves the other's figures in place.
+    for key, title, shapes in (
+            ("family", "The DARTS family against its authors' code",
+             f"search steps: C={config['C']}, {config['layers']} layers, batch "
+             f"{config['batch']}"),
+            ("rnn", "DARTS' recurrent search against its authors' code",
+             _rnn_text(RNN_CONFIG[device.type]))):
+        group = {case: r for case, r in results.items() if case.startswith("rnn") == (key == "rnn")}
+        if not group:
+            continue
+        table, targets = tables(group, device.type)
+        command = (f"python benchmarks/family.py --device {device.type} --repeats "
+                   f"{options.repeats} --rounds {options.rounds} --cases {' '.join(group)}")
+        section = (f"## {title} ({device.type})\n\n"
+                   f"{datetime.date.today()}, {machine}, torch {torch.__version__}: `{command}`. "
+                   f"{shapes[0].upper()}{shapes[1:]}, float32. Median of {options.rounds} timed "
+                   f"calls per case and process, over {options.repeats} repetitions: median "
+                   f"[min-max].\n\n{table}\n\n{targets}\n")
+        print(section)
+        update_results_md(f"{key}-{device.type}", section)
 
 
 if __name__ == "__main__":

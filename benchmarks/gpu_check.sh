@@ -138,7 +138,11 @@ cli() {
   "$python" -m darts_fast "${common[@]}" --run_dir "$runs/graph" &&
   "$python" -m darts_fast "${common[@]}" --no_cuda_graph --run_dir "$runs/eager" &&
   "$python" -m darts_fast "${common[@]}" --deterministic --run_dir "$runs/det1" &&
-  "$python" -m darts_fast "${common[@]}" --deterministic --run_dir "$runs/det2" || return 1
+  "$python" -m darts_fast "${common[@]}" --deterministic --run_dir "$runs/det2" &&
+  "$python" -m darts_fast search --space rnn --epochs 1 --unrolled --device cuda \
+    --run_dir "$runs/rnn_graph" &&
+  "$python" -m darts_fast search --space rnn --epochs 1 --unrolled --device cuda \
+    --no_cuda_graph --run_dir "$runs/rnn_eager" || return 1
   "$python" - "$runs" <<'PY' | tee "$out/cli.txt"
 import csv
 import json
@@ -151,6 +155,9 @@ def seconds(name):
     return [float(r["seconds"]) for r in csv.DictReader(open(f"{runs}/{name}/metrics.csv"))]
 for name in ("graph", "eager", "det1", "det2"):
     print(f"{name}: seconds per epoch {seconds(name)}")
+for name in ("rnn_graph", "rnn_eager"):  # captured and eager: the same perplexity, to rounding
+    rows = list(csv.DictReader(open(f"{runs}/{name}/metrics.csv")))
+    print(f"{name}: valid perplexity {rows[-1]['valid_ppl']}, seconds {rows[-1]['seconds']}")
 same = alphas("det1") == alphas("det2")
 print(f"--deterministic twice: alphas {'bit-identical' if same else 'DIFFER'}")
 sys.exit(0 if same else 1)
@@ -174,11 +181,13 @@ distributed() {
     --device cuda --run_dir /tmp/gpu_check_torchrun
 }
 
-# PC-DARTS' mixed op and first-order step and GDAS' step against their authors' code, once each
-# (every case a fresh process); the whole family with more repetitions: --stages family alone.
+# PC-DARTS' mixed op and first-order step, GDAS' step and DARTS' recurrent node and captured
+# second-order step (target: 4x the authors' step) against their authors' code, once each (every
+# case a fresh process); the whole family with more repetitions: --stages family alone.
 family() {
   "$python" benchmarks/family.py --device cuda --repeats 1 --rounds 5 \
-    --cases pc_mixed_op_stride1 pc_step_first gdas_step >"$out/family.txt" 2>&1 &&
+    --cases pc_mixed_op_stride1 pc_step_first gdas_step rnn_node rnn_step_second \
+    >"$out/family.txt" 2>&1 &&
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
 
@@ -186,12 +195,12 @@ export -f build cuda_tests sanitizer cli report distributed family
 export out python
 # The figures first; the limits add up to 580 s, inside a 10-minute call.
 wants build && stage build 100 build
-wants tests && stage tests 100 cuda_tests
+wants tests && stage tests 90 cuda_tests
 wants report && stage report 170 report
 wants sanitizer && stage sanitizer 50 sanitizer
 wants cli && stage cli 50 cli
 wants distributed && stage distributed 50 distributed
-wants family && stage family 60 family
+wants family && stage family 70 family
 
 {
   echo

@@ -14,6 +14,10 @@
 //             d c    = g * sigmoid(c) * (1 - sigmoid(c)) * sum_k p_k * (f_k(h) - s)
 //             d h    = g * sigmoid(c) * sum_k p_k * f_k'(h)
 //             d p_k += g * u_k                     (the per-element term of a sum over B * H)
+// Each formula takes the transcendental values sigmoid(c), tanh(h) and sigmoid(h) as inputs (the
+// "_of" functions): the CUDA kernels compute them here, per element; the CPU kernels compute them
+// with torch's vectorised sigmoid and tanh over the whole node first, which a scalar loop of
+// expf and tanhf would otherwise dominate.
 namespace darts_fast {
 
 constexpr int kRnnNodeActivations = 4;
@@ -50,9 +54,8 @@ struct RnnNodeActivations {
 };
 
 template <typename acc_t>
-DARTS_HOST_DEVICE inline RnnNodeActivations<acc_t> rnn_node_activations(acc_t h) {
-  const acc_t t = rnn_node_tanh(h);
-  const acc_t sg = rnn_node_sigmoid(h);
+DARTS_HOST_DEVICE inline RnnNodeActivations<acc_t> rnn_node_activations(acc_t h, acc_t t,
+                                                                        acc_t sg) {
   const bool positive = h > acc_t(0);
   RnnNodeActivations<acc_t> a;
   a.f[0] = t;
@@ -66,15 +69,21 @@ DARTS_HOST_DEVICE inline RnnNodeActivations<acc_t> rnn_node_activations(acc_t h)
   return a;
 }
 
-// acc + sum_k p[k] * u_k for one predecessor.
+// acc + sum_k p[k] * u_k for one predecessor, from sc = sigmoid(c), t = tanh(h), sg = sigmoid(h).
 template <typename acc_t>
-DARTS_HOST_DEVICE inline acc_t rnn_node_term(acc_t acc, const acc_t* p, acc_t s, acc_t c,
-                                             acc_t h) {
-  const acc_t sc = rnn_node_sigmoid(c);
-  const RnnNodeActivations<acc_t> a = rnn_node_activations(h);
+DARTS_HOST_DEVICE inline acc_t rnn_node_term_of(acc_t acc, const acc_t* p, acc_t s, acc_t sc,
+                                                acc_t h, acc_t t, acc_t sg) {
+  const RnnNodeActivations<acc_t> a = rnn_node_activations(h, t, sg);
   acc_t sum = acc_t(0);
   for (int k = 0; k < kRnnNodeActivations; ++k) sum += p[k] * (s + sc * (a.f[k] - s));
   return acc + sum;
+}
+
+template <typename acc_t>
+DARTS_HOST_DEVICE inline acc_t rnn_node_term(acc_t acc, const acc_t* p, acc_t s, acc_t c,
+                                             acc_t h) {
+  return rnn_node_term_of(acc, p, s, rnn_node_sigmoid(c), h, rnn_node_tanh(h),
+                          rnn_node_sigmoid(h));
 }
 
 template <typename acc_t>
@@ -85,10 +94,10 @@ struct RnnNodeGrads {
 // The input gradients of one predecessor at one element, and dp[k] += g * u_k (always: four
 // multiply-adds cost less than a branch, and keep dp in registers on the GPU).
 template <typename acc_t>
-DARTS_HOST_DEVICE inline RnnNodeGrads<acc_t> rnn_node_grads(acc_t g, const acc_t* p, acc_t s,
-                                                            acc_t c, acc_t h, acc_t* dp) {
-  const acc_t sc = rnn_node_sigmoid(c);
-  const RnnNodeActivations<acc_t> a = rnn_node_activations(h);
+DARTS_HOST_DEVICE inline RnnNodeGrads<acc_t> rnn_node_grads_of(acc_t g, const acc_t* p, acc_t s,
+                                                               acc_t sc, acc_t h, acc_t t,
+                                                               acc_t sg, acc_t* dp) {
+  const RnnNodeActivations<acc_t> a = rnn_node_activations(h, t, sg);
   acc_t p_sum = acc_t(0), gate = acc_t(0), slope = acc_t(0);
   for (int k = 0; k < kRnnNodeActivations; ++k) {
     const acc_t diff = a.f[k] - s;
@@ -103,6 +112,13 @@ DARTS_HOST_DEVICE inline RnnNodeGrads<acc_t> rnn_node_grads(acc_t g, const acc_t
   grads.dc = g_sc * one_minus_sc * gate;
   grads.dh = g_sc * slope;
   return grads;
+}
+
+template <typename acc_t>
+DARTS_HOST_DEVICE inline RnnNodeGrads<acc_t> rnn_node_grads(acc_t g, const acc_t* p, acc_t s,
+                                                            acc_t c, acc_t h, acc_t* dp) {
+  return rnn_node_grads_of(g, p, s, rnn_node_sigmoid(c), h, rnn_node_tanh(h),
+                           rnn_node_sigmoid(h), dp);
 }
 
 }  // namespace darts_fast

@@ -270,8 +270,9 @@ class TestArchitectBadLossFn:
 
     @pytest.mark.parametrize("unrolled", [True, False])
     @pytest.mark.parametrize("result, error, message", [
-        (lambda loss: (loss, None), TypeError, (r"loss_fn\(model, batch\) must return the loss "
-                                                r"as a 0-dim tensor, got a tuple of 2")),
+        (lambda loss: (loss, None, None), TypeError,
+         r"loss_fn\(model, batch\) must return a 0-dim loss tensor or \(loss, output\), got a "
+         r"tuple of 3"),
         (lambda loss: loss.item(), TypeError, "got a float"),
         (lambda loss: loss.reshape(1), ValueError, r"got a tensor of shape \(1,\)"),
     ])

@@ -1,6 +1,6 @@
 """DARTS' recurrent search model and the model of a genotype (darts_fast.reference.rnn and
-rnn_model) against the formulas written out by hand (rnn_formulas), in float64: outputs, hidden
-states, losses, gradients, BatchNorm statistics, masks fixed by seeding; construction order,
+spaces.rnn.model) against the formulas written out by hand (rnn_formulas), in float64: outputs,
+hidden states, losses, gradients, BatchNorm statistics, masks fixed by seeding; construction order,
 state_dict, the genotype rule on a hand-worked table."""
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import rnn_formulas as hand
 from darts_fast.reference.rnn import DARTSCell, DARTSCellSearch, RNNModel, RNNModelSearch
-from darts_fast.reference.rnn_model import embedded_dropout
+from darts_fast.spaces.rnn.model import embedded_dropout
 from darts_fast.spaces.genotype_text import GenotypeError
 from darts_fast.spaces.rnn.genotypes import DARTS_V1, DARTS_V2, ENAS, Genotype
 from helpers import rel_err

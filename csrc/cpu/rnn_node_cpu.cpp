@@ -1,4 +1,5 @@
-// CPU kernels of darts_fast::rnn_node and darts_fast::rnn_node_backward.
+// CPU kernels of darts_fast::rnn_node and darts_fast::rnn_node_backward: torch's vectorised
+// sigmoid and tanh over the node's pre-activations, then one pass of the shared formulas.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,6 +31,21 @@ int64_t num_chunks(int64_t n) {
 
 // Calls fn(start, b, n0, len) for runs of at most kBlock elements of [begin, end) (flat indices
 // b * H + n of [B, H]) that stay within one row, so that each run is contiguous in ch too.
+// sigmoid(c), tanh(h) and sigmoid(h) of every predecessor, [J, B, H] each in the accumulation
+// type, by torch's vectorised kernels (the same formulas: sigmoid is 1 / (1 + exp(-x)) there too).
+// Transient: made in each pass, never kept for the backward.
+struct Transcendentals {
+  at::Tensor sc, t, sg;
+};
+
+Transcendentals transcendentals(const RnnNodeArgs& args) {
+  const auto acc = at::toOpMathType(args.ch.scalar_type());
+  const at::Tensor ch = args.ch.to(acc);
+  const at::Tensor h = ch.narrow(2, args.H, args.H);
+  return {at::sigmoid(ch.narrow(2, 0, args.H)).contiguous(), at::tanh(h).contiguous(),
+          at::sigmoid(h).contiguous()};
+}
+
 template <typename Fn>
 void for_each_run(int64_t begin, int64_t end, int64_t H, const Fn& fn) {
   for (int64_t start = begin; start < end;) {
@@ -42,7 +58,10 @@ void for_each_run(int64_t begin, int64_t end, int64_t H, const Fn& fn) {
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* states, const scalar_t* ch,
-                    const at::opmath_type<scalar_t>* probs, scalar_t* out, int64_t J, int64_t B,
+                    const at::opmath_type<scalar_t>* probs,
+                    const at::opmath_type<scalar_t>* sc_all,
+                    const at::opmath_type<scalar_t>* t_all,
+                    const at::opmath_type<scalar_t>* sg_all, scalar_t* out, int64_t J, int64_t B,
                     int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = B * H;
@@ -56,11 +75,12 @@ void forward_kernel(const scalar_t* states, const scalar_t* ch,
       for (int64_t j = 0; j < J; ++j) {
         const acc_t* p = probs + j * K;
         const scalar_t* s = states + j * n + start;
-        const scalar_t* c = ch + (j * B + b) * 2 * H + n0;
-        const scalar_t* h = c + H;
+        const scalar_t* h = ch + (j * B + b) * 2 * H + n0 + H;
+        const acc_t *sc = sc_all + j * n + start, *t = t_all + j * n + start,
+                    *sg = sg_all + j * n + start;
         for (int64_t i = 0; i < len; ++i) {
-          acc[i] = rnn_node_term(acc[i], p, static_cast<acc_t>(s[i]), static_cast<acc_t>(c[i]),
-                                 static_cast<acc_t>(h[i]));
+          acc[i] = rnn_node_term_of(acc[i], p, static_cast<acc_t>(s[i]), sc[i],
+                                    static_cast<acc_t>(h[i]), t[i], sg[i]);
         }
       }
       for (int64_t i = 0; i < len; ++i) out[start + i] = static_cast<scalar_t>(acc[i]);
@@ -72,7 +92,10 @@ void forward_kernel(const scalar_t* states, const scalar_t* ch,
 // gradient is not wanted, else it receives one sum per (chunk, j, k), [chunks, J, K].
 template <typename scalar_t>
 void backward_kernel(const scalar_t* g, const scalar_t* states, const scalar_t* ch,
-                     const at::opmath_type<scalar_t>* probs, scalar_t* grad_states,
+                     const at::opmath_type<scalar_t>* probs,
+                     const at::opmath_type<scalar_t>* sc_all,
+                     const at::opmath_type<scalar_t>* t_all,
+                     const at::opmath_type<scalar_t>* sg_all, scalar_t* grad_states,
                      scalar_t* grad_ch, double* partials, int64_t J, int64_t B, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = B * H;
@@ -88,10 +111,10 @@ void backward_kernel(const scalar_t* g, const scalar_t* states, const scalar_t* 
           const int64_t s_off = j * n + start, c_off = (j * B + b) * 2 * H + n0;
           acc_t dp[K] = {};
           for (int64_t i = 0; i < len; ++i) {
-            const RnnNodeGrads<acc_t> d = rnn_node_grads(
+            const RnnNodeGrads<acc_t> d = rnn_node_grads_of(
                 static_cast<acc_t>(g[start + i]), p, static_cast<acc_t>(states[s_off + i]),
-                static_cast<acc_t>(ch[c_off + i]), static_cast<acc_t>(ch[c_off + H + i]),
-                dp);
+                sc_all[s_off + i], static_cast<acc_t>(ch[c_off + H + i]), t_all[s_off + i],
+                sg_all[s_off + i], dp);
             if (grad_states) grad_states[s_off + i] = static_cast<scalar_t>(d.ds);
             if (grad_ch) {
               grad_ch[c_off + i] = static_cast<scalar_t>(d.dc);
@@ -123,11 +146,14 @@ at::Tensor rnn_node_cpu(const at::Tensor& states, const at::Tensor& ch, const at
   const RnnNodeArgs args = prepare_rnn_node("rnn_node", states, ch, probs, c10::DeviceType::CPU);
   at::Tensor out = new_rnn_node_output(args);
   if (out.numel() == 0) return out;
+  const Transcendentals tr = transcendentals(args);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "rnn_node_cpu",
                                   [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t>(args.states.const_data_ptr<scalar_t>(),
                              args.ch.const_data_ptr<scalar_t>(),
-                             args.probs.const_data_ptr<at::opmath_type<scalar_t>>(),
+                             args.probs.const_data_ptr<acc_t>(), tr.sc.const_data_ptr<acc_t>(),
+                             tr.t.const_data_ptr<acc_t>(), tr.sg.const_data_ptr<acc_t>(),
                              out.mutable_data_ptr<scalar_t>(), args.J, args.B, args.H);
   });
   return out;
@@ -145,11 +171,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_node_backward_cpu(
     partials = at::empty({num_chunks(in.B * in.H), in.J * K},
                          in.probs.options().dtype(at::kDouble));
   }
+  const Transcendentals tr = transcendentals(in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.states.scalar_type(),
                                   "rnn_node_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     backward_kernel<scalar_t>(
         args.grad.const_data_ptr<scalar_t>(), in.states.const_data_ptr<scalar_t>(),
-        in.ch.const_data_ptr<scalar_t>(), in.probs.const_data_ptr<at::opmath_type<scalar_t>>(),
+        in.ch.const_data_ptr<scalar_t>(), in.probs.const_data_ptr<acc_t>(),
+        tr.sc.const_data_ptr<acc_t>(), tr.t.const_data_ptr<acc_t>(),
+        tr.sg.const_data_ptr<acc_t>(),
         needs_grad[0] ? args.grad_states.mutable_data_ptr<scalar_t>() : nullptr,
         needs_grad[1] ? args.grad_ch.mutable_data_ptr<scalar_t>() : nullptr,
         needs_grad[2] ? partials.mutable_data_ptr<double>() : nullptr, in.J, in.B, in.H);

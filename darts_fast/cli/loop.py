@@ -2,9 +2,12 @@
 or verified on --resume) and restore the checkpoint (``resume.py``), run the epochs (checkpoint
 first, then the outputs), stop cleanly on a non-finite loss or an interruption (``stops.py``).
 
-A job (``search.SearchJob``, ``train.TrainJob``) brings its model, optimizer, scheduler and
-criterion, and says how an epoch's batches are drawn, what one step does, what else a checkpoint
-holds and which outputs an epoch leaves.
+A job (``search.SearchJob``, ``train.TrainJob``, and the recurrent space's ``rnn_search`` and
+``rnn_train`` jobs) brings its model, optimizer, scheduler (or None) and criterion, and says how
+an epoch's batches are drawn, what one step does, how an epoch is validated, what else a
+checkpoint holds and which outputs an epoch leaves. Each split's figures are its mean loss and
+the job's ``metric``: accuracy (``acc``, the image jobs) or perplexity (``ppl``, the language
+models), the columns of metrics.csv.
 
 On several processes (``ranks.Ranks``) every rank runs the epochs on its shard; rank 0 alone opens
 the run folder, logs and writes, and hands a resumed checkpoint to the others; the epoch's means
@@ -20,6 +23,7 @@ from .errors import Diverged
 from .ranks import Ranks, Terminated
 from .report import Meter, Progress, RunLog, oversubscription
 from .resume import open_run, restore, thread_change
+from .run_dir import metric_fields
 from .runtime import determinism
 
 
@@ -28,6 +32,8 @@ class Job:
 
     command = None
     finished = None  # the summary's first words when every epoch is done
+    metric = Meter.metric
+    lr_option = "--learning_rate"  # named when an epoch diverges
 
     def __init__(self, options, model, optimizer, scheduler, criterion, device, ranks=None):
         self.options, self.model, self.optimizer = options, model, optimizer
@@ -37,6 +43,23 @@ class Job:
     def begin_epoch(self, epoch):
         pass
 
+    def new_meter(self):
+        """The meter of an epoch's training steps: ``add`` takes what ``step`` returns."""
+        return Meter(skip_non_finite=True, device=self.device)
+
+    def learning_rate(self):
+        """The learning rate of the epoch about to run, as metrics.csv records it."""
+        return self.scheduler.get_last_lr()[0]
+
+    def end_epoch(self):
+        """After an epoch's steps, before its validation."""
+        self.scheduler.step()
+
+    def validate(self):
+        """(mean loss, metric) of the model on the validation batches after an epoch."""
+        return evaluate(self.model, self.eval_batches(), self.criterion, self.ranks.sum_,
+                        self.device)
+
     def steps_per_epoch(self):
         raise NotImplementedError
 
@@ -45,7 +68,8 @@ class Job:
         raise NotImplementedError
 
     def step(self, batch, lr):
-        """One training step; returns (loss, logits, target) as tensors, unsynchronised."""
+        """One training step; returns what the job's meter adds (the image jobs: loss, logits,
+        target), tensors unsynchronised."""
         raise NotImplementedError
 
     def eval_batches(self):
@@ -58,6 +82,10 @@ class Job:
         """What this job's run ran with where its stored options lack one (an option added
         after the run was made), beyond ``stored_run.ADDED_LATER``."""
         return {}
+
+    def prepare_restore(self, state):
+        """Before a checkpoint is loaded: makes the job's objects of the kinds it was saved from
+        (an optimizer that the run replaced by another kind, say)."""
 
     def restore_extra(self, state):
         pass
@@ -160,9 +188,9 @@ def _epochs(job, folder, log, start, rows):
     last = min(options.epochs, options.stop_after_epoch or options.epochs)
     for epoch in range(start, last):
         epoch_start, cpu_start = time.time(), time.process_time()
-        lr = job.scheduler.get_last_lr()[0]
+        lr = job.learning_rate()
         job.begin_epoch(epoch)
-        meter = Meter(skip_non_finite=True, device=job.device)
+        meter = job.new_meter()
         before = _read(job.skip_counters())
         progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter,
                             shown=ranks.leader)
@@ -177,19 +205,21 @@ def _epochs(job, folder, log, start, rows):
         skipped = {kind: n - before[kind] for kind, n in _read(job.skip_counters()).items()}
         if steps and any(n == steps for n in skipped.values()):
             raise Diverged(stops.diverged(folder, epoch, "every step was skipped: the loss or "
-                                                         "the gradients are not finite"))
-        train_loss, train_acc = meter.means(ranks.sum_)
-        job.scheduler.step()
-        valid_loss, valid_acc = evaluate(job.model, job.eval_batches(), job.criterion,
-                                         ranks.sum_, job.device)
+                                                         "the gradients are not finite",
+                                          job.lr_option))
+        train_loss, train_metric = meter.means(ranks.sum_)
+        job.end_epoch()
+        valid_loss, valid_metric = job.validate()
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)
                 and _all_finite(job.tensors_to_check())):
             raise Diverged(stops.diverged(folder, epoch, f"the loss or the weights are not "
-                                                         f"finite (train loss {train_loss:.4g})"))
+                                                         f"finite (train loss {train_loss:.4g})",
+                                          job.lr_option))
         job.check_ranks(epoch)
+        m = job.metric
         rows.append({"epoch": str(epoch + 1), "lr": f"{lr:.6g}",
-                     "train_loss": f"{train_loss:.4f}", "train_acc": f"{train_acc:.2f}",
-                     "valid_loss": f"{valid_loss:.4f}", "valid_acc": f"{valid_acc:.2f}",
+                     "train_loss": f"{train_loss:.4f}", f"train_{m}": f"{train_metric:.2f}",
+                     "valid_loss": f"{valid_loss:.4f}", f"valid_{m}": f"{valid_metric:.2f}",
                      "seconds": f"{time.time() - epoch_start:.1f}"})
         rng = ranks.gather(checkpoint.rng_states())
         # The ranks' own BatchNorm statistics (rank 0's are the model's), for an exact resume.
@@ -202,14 +232,16 @@ def _epochs(job, folder, log, start, rows):
             "command": job.command, "run_id": folder.config["run_id"],
             "options": folder.config["options"], "epoch": epoch + 1, "metrics": list(rows),
             "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-            "scheduler": job.scheduler.state_dict(), **job.extra_state(),
+            **({"scheduler": job.scheduler.state_dict()} if job.scheduler is not None else {}),
+            **job.extra_state(),
             "rng": rng[0], **({"processes": ranks.world, "rng_ranks": rng,
                                "buffers_ranks": buffers} if ranks.distributed else {}),
         })
         ranks.checkpoint_written(epoch + 1)
         _write_outputs(job, folder, log, epoch + 1, rows)
+        text = meter.text
         log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
-                 f"acc {train_acc:.1f}% | valid loss {valid_loss:.3f} acc {valid_acc:.1f}% | "
+                 f"{text(train_metric)} | valid loss {valid_loss:.3f} {text(valid_metric)} | "
                  f"{rows[-1]['seconds']} s" + "".join(
                      f" | {n} {kind} step{'s' if n > 1 else ''} skipped (not finite)"
                      for kind, n in skipped.items() if n))
@@ -235,10 +267,10 @@ def _all_finite(tensors):
 
 def _write_outputs(job, folder, log, epoch, rows):
     # metrics.csv last: when it holds the epoch, so does every other output (see stored_run.verify).
-    folder.write_bytes("curves.png", visualize.curves_png(rows))
+    folder.write_bytes("curves.png", visualize.curves_png(rows, job.metric))
     log.scalars(epoch, rows[-1])
     job.write_outputs(folder, log, epoch, rows)
-    folder.write_metrics(rows)
+    folder.write_metrics(rows, metric_fields(job.metric))
 
 
 def evaluate(model, batches, criterion, sum_over_ranks=None, device="cpu"):

@@ -1,30 +1,45 @@
 """``darts-fast search`` (the original ``train_search.py``) and ``darts-fast train`` (the original
 ``train.py``): the options, their checks, and the exit codes (0 done, 1 diverged or a rank lost,
 2 bad input, 130 interrupted, 143 terminated: torchrun's SIGTERM). Every check of the options
-happens here or in the job's set-up, before the run folder is touched."""
+happens here or in the job's set-up, before the run folder is touched.
+
+Each search space has its own options: ``--space`` (or, on ``--resume``, the run's own space)
+picks the parser before the command line is read, so that ``--space rnn --help`` lists the
+recurrent search's options."""
 import argparse
 import sys
 
 import torch
 
 from ..spaces.genotype_text import GenotypeError
-from . import search, search_options, train
+from . import rnn_options, rnn_search, rnn_train, search, search_options, train
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
 from .options import Parser, common_options, fraction, non_negative
 from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
-from .run_dir import check_new_folder
+from .run_dir import RunDirError, check_new_folder
 from .runtime import cpu_threads
-from .stored_run import ADDED_LATER, NOT_STORED, RESUMABLE, read_config
+from .stored_run import ADDED_LATER, NOT_STORED, RESUMABLE, read_config, stored_option
 
 
-def build_parser():
+def build_parser(space="cnn"):
     parser = Parser(prog="darts-fast", allow_abbrev=False,
                      description="DARTS architecture search with fused kernels")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    if space == "rnn":
+        s = sub.add_parser("search", allow_abbrev=False,
+                           help="search a recurrent cell (the original rnn/train_search.py)")
+        rnn_options.add_search_options(s)
+        s.set_defaults(job=rnn_search.run)
+        t = sub.add_parser("train", allow_abbrev=False,
+                           help="train a recurrent cell (the original rnn/train.py)")
+        rnn_options.add_train_options(t)
+        t.set_defaults(job=rnn_train.run)
+        return parser, {"search": s, "train": t}
 
     s = sub.add_parser("search", allow_abbrev=False,
                        help="search a cell architecture (the original train_search.py)")
     search_options.add_search_options(s)
+    rnn_options.add_space_option(s, "cnn")
     s.set_defaults(job=search.run)
 
     t = sub.add_parser("train", allow_abbrev=False,
@@ -39,6 +54,7 @@ def build_parser():
                    help="the auxiliary tower's share of the loss")
     t.add_argument("--drop_path_prob", type=fraction, default=0.2,
                    help="drop path probability of the last epoch, reached linearly from 0")
+    rnn_options.add_space_option(t, "cnn")
     t.set_defaults(job=train.run)
     return parser, {"search": s, "train": t}
 
@@ -54,7 +70,7 @@ def main(argv=None):
     if under_torchrun():
         prog += f" (rank {environment_rank()})"
     try:
-        parser, commands = build_parser()
+        parser, commands = build_parser(chosen_space(argv))
         args = parser.parse_args(argv)
         options = resolve_options(args, commands[args.command], argv[1:])
         with cpu_threads(options.threads):
@@ -82,6 +98,30 @@ def main(argv=None):
         return 130
 
 
+def chosen_space(argv):
+    """The space whose options ``argv`` (the command and its arguments) are read with: --space,
+    else on --resume the run's own (cnn for a run made before there was a choice), else cnn.
+    --space given with --resume must be the run's. A run folder that cannot be read is left to
+    the parser's checks, which name what is wrong with it."""
+    if len(argv) < 1 or argv[0] not in ("search", "train"):
+        return "cnn"
+    pre = Parser(prog=f"darts-fast {argv[0]}", add_help=False, allow_abbrev=False)
+    pre.add_argument("--space")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv[1:])
+    space = known.space if known.space in rnn_options.SPACES else None
+    if known.resume is None:
+        return space or "cnn"
+    try:
+        saved = stored_option(read_config(known.resume, argv[0])["options"], "space")
+    except RunDirError:
+        return space or "cnn"
+    if known.space is not None and known.space != saved:
+        raise UsageError(f"--space {known.space}: the run in {known.resume!r} is a {saved} "
+                         f"{argv[0]} run; resume it without --space (it keeps its own)")
+    return saved if saved in rnn_options.SPACES else "cnn"
+
+
 def resolve_options(args, command_parser, argv):
     """The options of a new run as parsed, or on --resume the run's saved options (checked again)
     with the resumable ones given now; ``options.saved_config`` is the config.json read on
@@ -96,12 +136,14 @@ def resolve_options(args, command_parser, argv):
             raise UsageError("--allow_thread_change is for --resume (a new run records the "
                              "thread count it runs on)")
         _check_data_options(options)
-        if args.command == "search":
+        if options.space == "cnn" and args.command == "search":
             search_options.resolve_method(options)
+        if options.space == "rnn":
+            rnn_options.check_model_options(options)
         if options.run_dir is not None:  # before the data is read; checked again once held
             check_new_folder(options.run_dir)
         return options
-    given = _given(command_parser, argv) - {"resume"}
+    given = _given(command_parser, argv) - {"resume", "space"}  # chosen_space checked --space
     refused = sorted(given - set(RESUMABLE))
     if refused:
         raise UsageError(f"--resume {args.resume}: the run keeps its own options; "
@@ -119,6 +161,9 @@ def resolve_options(args, command_parser, argv):
 
 
 def _check_data_options(options):
+    if options.space == "rnn":
+        rnn_options.check_data_options(options)
+        return
     if options.dataset is None:
         options.dataset = "cifar10" if options.data else "synthetic"
     if options.dataset == "cifar10" and not options.data:

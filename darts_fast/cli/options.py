@@ -146,3 +146,11 @@ def common_options(p, batch_size, epochs, init_channels, layers, seed_default):
     run.add_argument("--stop_after_epoch", type=positive_int, default=None,
                      help="stop after this epoch (checkpointed); --resume continues the run "
                           "(default: run every epoch)")
+
+
+def hessian_option(p):
+    """``--hessian``: the second-order term of a search, either space's."""
+    p.add_argument("--hessian", choices=["finite_difference", "exact"],
+                   default="finite_difference",
+                   help="second-order term: the original's finite difference, or the exact "
+                        "double-backward hypergradient (a different result)")

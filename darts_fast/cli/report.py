@@ -1,7 +1,8 @@
 """What a run tells its user while it runs: a ``tqdm`` bar per epoch on a terminal, log lines (on
 stderr and in ``log.txt``), TensorBoard event files under ``tensorboard/`` (``tensorboard --logdir
-runs``) and the running means of loss and accuracy, kept on the device."""
+runs``) and the running means of loss and accuracy (or perplexity), kept on the device."""
 import logging
+import math
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ class Meter:
     """Sums of loss, correct predictions and samples over an epoch, on the device: adding a step
     costs no host synchronisation; ``means()`` costs one. With ``skip_non_finite``, a step whose
     loss is not finite (a step the search skipped) is left out."""
+
+    metric = "acc"
 
     def __init__(self, skip_non_finite=False, device="cpu"):
         self.skip_non_finite = skip_non_finite
@@ -44,10 +47,57 @@ class Meter:
             return float("nan"), float("nan")
         return loss / samples, 100.0 * correct / samples
 
+    @staticmethod
+    def text(value):
+        return f"acc {value:.1f}%"
+
+
+class TokenMeter:
+    """Sums of a language model's per-token loss (the mean negative log-likelihood of a step,
+    weighted by the step's tokens) and of the tokens, on the device. ``means()`` gives the mean
+    loss over the tokens and the perplexity ``exp(mean loss)``; a step whose loss is not finite
+    is left out with ``skip_non_finite``, as by ``Meter``."""
+
+    metric = "ppl"
+
+    def __init__(self, skip_non_finite=False, device="cpu"):
+        self.skip_non_finite = skip_non_finite
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [loss * tokens, tokens]
+
+    def add(self, loss, tokens):
+        loss = loss.detach().double()
+        sums = torch.stack([loss * tokens, torch.full_like(loss, tokens)])
+        if self.skip_non_finite:
+            sums = torch.where(torch.isfinite(loss), sums, 0)
+        self.sums = self.sums + sums
+
+    def means(self, sum_over_ranks=None):
+        """(mean loss, perplexity); nan for both when no step counted."""
+        sums = self.sums.clone()
+        if sum_over_ranks is not None:
+            sum_over_ranks(sums)
+        loss, tokens = sums.tolist()
+        if tokens == 0:
+            return float("nan"), float("nan")
+        return loss / tokens, perplexity(loss / tokens)
+
+    @staticmethod
+    def text(value):
+        return f"ppl {value:.2f}"
+
+
+def perplexity(loss):
+    """``exp(loss)``; inf where that overflows a float (a loss past about 709 nats)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
 
 class Progress:
     """A bar over one epoch's steps, live on a terminal only (and on rank 0 only: ``shown``); its
-    loss/accuracy postfix, that process's own, is read from the device at most once a second."""
+    loss/accuracy (or perplexity) postfix, that process's own, is read from the device at most
+    once a second."""
 
     def __init__(self, epoch, epochs, steps, meter, shown=True):
         self.meter = meter
@@ -59,8 +109,8 @@ class Progress:
     def step(self):
         self.bar.update(1)
         if not self.bar.disable and time.monotonic() - self.shown >= 1.0:
-            loss, acc = self.meter.means()
-            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}%")
+            loss, value = self.meter.means()
+            self.bar.set_postfix_str(f"loss {loss:.3f} {self.meter.text(value)}")
             self.shown = time.monotonic()
 
     def close(self):
@@ -118,7 +168,9 @@ class RunLog:
                                                 None, None))
 
     def scalars(self, epoch, row):
-        for key in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):
+        """Each figure of a metrics row but its epoch and seconds, as ``loss/train``,
+        ``acc/valid``, ``ppl/train``, ``lr``."""
+        for key in [k for k in row if k not in ("epoch", "seconds")]:
             split, _, name = key.partition("_")
             self.events.add_scalar(f"{name}/{split}" if name else key, float(row[key]), epoch)
 

@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint
 from .errors import FollowerStopped, UsageError, first_line
-from .run_dir import RunDir, RunDirError
+from .run_dir import RunDir, RunDirError, metric_fields
 from .stored_run import RESUMABLE, reopen, stored_option, stored_options, verify
 
 
@@ -47,7 +47,7 @@ def _open_folder(job):
         folder = RunDir.create(options.run_dir, job.command, stored)
     try:
         state, rows, behind = (verify(folder, [k for k in stored if k not in RESUMABLE],
-                                      job.absent_options())
+                                      job.absent_options(), metric_fields(job.metric))
                                if options.resume else (None, [], False))
         if state is not None:
             _check_processes(state, job.ranks, folder.path)
@@ -108,14 +108,17 @@ def restore(job, state):
     if state is None:
         return 0
     try:
+        job.prepare_restore(state)
         job.model.load_state_dict(state["model"])
         job.optimizer.load_state_dict(state["optimizer"])
-        job.scheduler.load_state_dict(state["scheduler"])
+        if job.scheduler is not None:
+            job.scheduler.load_state_dict(state["scheduler"])
         job.restore_extra(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise RunDirError(f"the checkpoint does not fit the model its configuration builds "
                           f"({first_line(e)}); refusing to resume") from None
-    _stretch_schedule(job.scheduler, job.options.epochs)
+    if job.scheduler is not None:
+        _stretch_schedule(job.scheduler, job.options.epochs)
     ranks = job.ranks
     if ranks.distributed:
         with torch.no_grad():

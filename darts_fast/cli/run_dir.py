@@ -32,7 +32,16 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 LOCK = ".lock"
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
+
+
+def metric_fields(metric):
+    """The columns of metrics.csv for a job whose second figure per split is ``metric`` ("acc":
+    accuracy in %, the image jobs; "ppl": perplexity, the language-model jobs)."""
+    return ["epoch", "lr", "train_loss", f"train_{metric}", "valid_loss", f"valid_{metric}",
+            "seconds"]
+
+
+METRIC_FIELDS = metric_fields("acc")
 _TMP_MARK = ".tmp-"
 
 
@@ -128,9 +137,9 @@ class RunDir:
     def write_json(self, name, obj):
         self.write_text(name, json.dumps(obj, indent=2) + "\n")
 
-    def write_metrics(self, rows):
+    def write_metrics(self, rows, fields=METRIC_FIELDS):
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         self.write_text(METRICS, text.getvalue())

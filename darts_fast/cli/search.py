@@ -21,7 +21,7 @@ from ..search.sync_batch_norm import SyncBatchNorm2d
 from ..spaces.cnn.genotypes import genotype_text
 from . import architecture_outputs, cifar10, datasets, loaders, loop, runtime
 from . import ranks as ranks_
-from . import search_options
+from . import search_options, search_state
 from .errors import Diverged, UsageError
 
 def run(options):
@@ -171,18 +171,11 @@ class SearchJob(loop.Job):
 
     def extra_state(self):
         shards = [loader.shards for loader in (self.train_loader, self.valid_loader)]
-        return {"alphas": [a.detach().cpu() for a in self.model.arch_parameters()],
-                "architect_optimizer": self.architect.optimizer.state_dict(),
+        return {**search_state.save(self.model, self.architect),
                 **({"loader_passes": [s.passes for s in shards]} if shards[0] is not None else {})}
 
     def restore_extra(self, state):
-        alphas = self.model.arch_parameters()
-        if [tuple(a.shape) for a in state["alphas"]] != [tuple(a.shape) for a in alphas]:
-            raise ValueError("the saved alphas have other shapes than the model's")
-        with torch.no_grad():
-            for alpha, saved in zip(alphas, state["alphas"]):
-                alpha.copy_(saved)
-        self.architect.optimizer.load_state_dict(state["architect_optimizer"])
+        search_state.restore(self.model, self.architect, state)
         if self.ranks.distributed:
             for loader, passes in zip((self.train_loader, self.valid_loader),
                                       state["loader_passes"]):

@@ -6,7 +6,8 @@ from .. import methods as methods_
 from ..spaces.cnn.genotypes import PRIMITIVES, check_primitives
 from . import options as kinds
 from .errors import UsageError
-from .options import common_options, non_negative, non_negative_int, portion, positive_int
+from .options import (common_options, hessian_option, non_negative, non_negative_int, portion,
+                      positive_int)
 
 
 def candidate_list(text):
@@ -56,10 +57,7 @@ def add_search_options(s):
     s.add_argument("--reference", action="store_true",
                    help="run the method's original algorithm as its authors wrote it (Python-sum "
                         "mixed op, original Architect)")
-    s.add_argument("--hessian", choices=["finite_difference", "exact"],
-                   default="finite_difference",
-                   help="second-order term: the original's finite difference, or the exact "
-                        "double-backward hypergradient (a different result)")
+    hessian_option(s)
     s.add_argument("--recompute", action="store_true",
                    help="keep only each mixed op's input for the backward pass and compute its "
                         "candidates again there: far less memory, the same numbers, one more "

@@ -45,11 +45,11 @@ def _lost(job, folder, error):
     return f"{what}; {kept}"
 
 
-def diverged(folder, epoch, what):
+def diverged(folder, epoch, what, lr_option="--learning_rate"):
     """The message of a stop at ``epoch`` (every rank decides alike; rank 0 alone has the
     folder and prints)."""
     if folder is None:
         return what
     kept = (f"the checkpoint of epoch {folder.checkpoint_epoch} is kept in {folder.path}"
             if folder.checkpoint_epoch else "no epoch had been checkpointed")
-    return f"epoch {epoch + 1} diverged: {what}; {kept}. A smaller --learning_rate may help"
+    return f"epoch {epoch + 1} diverged: {what}; {kept}. A smaller {lr_option} may help"

@@ -21,7 +21,7 @@ NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config"
               "allow_thread_change")
 # Options that came after runs were made, with the value that a run whose config.json and
 # checkpoint lack them ran with (threads: unknown): the runs of earlier versions resume.
-ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None}
+ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None, "space": "cnn"}
 
 
 def stored_option(options, name, absent=None):
@@ -49,15 +49,15 @@ def reopen(path, config):
         raise
 
 
-def verify(run, fixed_options, absent=None):
+def verify(run, fixed_options, absent=None, fields=METRIC_FIELDS):
     """The checkpoint state (None when the run stopped before its first checkpoint), its
     metrics rows, and whether the outputs on disk lag one epoch behind it, after checking that
     they belong to ``run.config`` and to each other.
     ``fixed_options``: the option names that must equal the checkpoint's (``absent``: see
-    ``stored_option``)."""
+    ``stored_option``); ``fields``: the job's metrics.csv columns."""
     config = run.config
     ckpt = os.path.join(run.path, CHECKPOINT)
-    rows = _read_metrics(run)
+    rows = _read_metrics(run, fields)
     if not os.path.exists(ckpt):
         if rows:
             raise RunDirError(f"{run.path!r} holds metrics of {len(rows)} epoch(s) but no "
@@ -91,7 +91,7 @@ def verify(run, fixed_options, absent=None):
     return state, list(saved_rows), len(rows) < epoch
 
 
-def _read_metrics(run):
+def _read_metrics(run, fields):
     path = run.file(METRICS)
     if not os.path.exists(path):
         return []
@@ -103,10 +103,10 @@ def _read_metrics(run):
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RunDirError(f"{path!r} cannot be read ({e.__class__.__name__}); refusing to "
                           f"resume") from None
-    if header != METRIC_FIELDS or any(None in r or None in r.values() for r in rows) or \
+    if header != fields or any(None in r or None in r.values() for r in rows) or \
             [r["epoch"] for r in rows] != [str(i + 1) for i in range(len(rows))]:
         raise RunDirError(f"{path!r} is not this run's metrics file (expected the columns "
-                          f"{','.join(METRIC_FIELDS)} and one row per epoch from 1); "
+                          f"{','.join(fields)} and one row per epoch from 1); "
                           f"refusing to resume")
     return rows
 

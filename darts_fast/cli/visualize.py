@@ -195,9 +195,10 @@ def _edge_label(source, node):
     return f"{name} -> {node - 2}"
 
 
-def curves_png(rows):
-    """Loss and accuracy per epoch from metrics rows (dicts with epoch and train/valid values)."""
-    fig, lines = _curves_figure()
+def curves_png(rows, metric="acc"):
+    """Loss and ``metric`` per epoch from metrics rows (dicts with epoch and train/valid values;
+    ``metric``: "acc", accuracy in %, or "ppl", perplexity, on a log scale)."""
+    fig, lines = _curves_figure(metric)
     epochs = [int(r["epoch"]) for r in rows]
     for column, line in lines.items():
         line.set_data(epochs, [float(r[column]) for r in rows])
@@ -207,21 +208,49 @@ def curves_png(rows):
     return _png(fig)
 
 
-@functools.lru_cache(maxsize=1)
-def _curves_figure():
+_METRIC_AXES = {"acc": ("accuracy (%)", "linear"), "ppl": ("perplexity", "log")}
+
+
+@functools.lru_cache(maxsize=2)
+def _curves_figure(metric):
     fig = _figure((11, 4))
     fig.subplots_adjust(left=0.065, right=0.99, bottom=0.13, top=0.97, wspace=0.2)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_metric = fig.subplots(1, 2)
     lines = {}
     for split in ("train", "valid"):
         lines[f"{split}_loss"], = ax_loss.plot([], [], marker="o", label=split)
-        lines[f"{split}_acc"], = ax_acc.plot([], [], marker="o", label=split)
+        lines[f"{split}_{metric}"], = ax_metric.plot([], [], marker="o", label=split)
+    label, scale = _METRIC_AXES[metric]
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    for ax in (ax_loss, ax_acc):
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(label)
+    ax_metric.set_yscale(scale)
+    for ax in (ax_loss, ax_metric):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return fig, lines
+
+
+def recurrent_alphas_png(weights, candidates, edges, title):
+    """A heatmap of the recurrent cell's candidate weights ``weights`` [edges, candidates] (the
+    softmax of each row of the alphas), a row per edge ``(j, i)``: state j into node i."""
+    fig, image = _recurrent_alphas_figure(tuple(map(tuple, edges)), tuple(candidates))
+    image.set_data(np.asarray(weights))
+    image.autoscale()  # early in a search every weight is near 1/5: this matrix's own range
+    fig.suptitle(title)
+    return _png(fig)
+
+
+@functools.lru_cache(maxsize=1)
+def _recurrent_alphas_figure(edges, candidates):
+    fig = _figure((5.5, 9))
+    fig.subplots_adjust(left=0.2, right=0.88, bottom=0.1, top=0.95)
+    ax = fig.subplots()
+    image = ax.imshow(np.zeros((len(edges), len(candidates))), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(candidates)), candidates, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(edges)), [f"s{j} -> s{i}" for j, i in edges], fontsize=7)
+    ax.set_ylabel("edge (state -> node)")
+    fig.colorbar(image, ax=ax, fraction=0.08)
+    return fig, image

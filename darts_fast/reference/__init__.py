@@ -7,8 +7,11 @@ sharing with darts_fast only the leaf candidate operations (``spaces.cnn.operati
 genotype names (``spaces.cnn.genotypes``) and the outputs' table type
 (``spaces.cnn.architecture.ArchitectureTable``), so that the fused networks are tested against
 code that is not their own. ``Architect`` is DARTS' original architect. The recurrent space
-(``rnn``, ``rnn_model``, ``rnn_architect``: quark0/darts ``rnn/``) shares only its genotype names
-(``spaces.rnn.genotypes``). Each module names where it departs from its authors' code.
+(``rnn``, ``rnn_architect``: quark0/darts ``rnn/``) shares its genotype names
+(``spaces.rnn.genotypes``) and the language model around the search cell
+(``spaces.rnn.model``: embedding, dropouts, tied decoder), which nothing fuses. The alphas'
+device moves (``spaces.alphas``) are shared by all. Each module names where it departs from its
+authors' code.
 """
 from .architect import Architect
 from .darts import MixedOp, Network

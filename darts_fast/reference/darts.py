@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..spaces.cnn.architecture import ArchitectureTable
 from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
 from ..spaces.cnn.operations import OPS, FactorizedReduce, ReLUConvBN, build_candidate
-from .alphas import LeafAlphas
+from ..spaces.alphas import LeafAlphas
 
 
 def candidates(C, stride, primitives=PRIMITIVES, conv_bias=False, track_running_stats=True):

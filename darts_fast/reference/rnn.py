@@ -1,10 +1,11 @@
 """DARTS' recurrent search cell and search model as the authors wrote them (quark0/darts
 ``rnn/model_search.py``): every activation on every edge, weighted by the softmax of the alphas,
 one BatchNorm; the genotype rule. They build on the cell and language model of a genotype
-(``reference.rnn_model``, the original's ``rnn/model.py``), exported here too.
+(``spaces.rnn.model``, the original's ``rnn/model.py``, which the fused search model builds
+on too), exported here.
 
 Where it departs from the original, for current PyTorch and for the tests (the departures of
-``reference.rnn_model`` apply too):
+``spaces.rnn.model`` apply too):
   * the alphas (``weights``) are a leaf tensor made on the CPU that moves with the module
     (``.to()``, ``.double()``), where the original makes them with ``.cuda()``;
   * ``RNNModelSearch`` takes its arguments by keyword too, and ``new()`` builds the copy with all
@@ -18,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..spaces.rnn.genotypes import CONCAT, PRIMITIVES, STEPS, Genotype
-from .alphas import LeafAlphas
-from .rnn_model import DARTSCell, RNNModel
+from ..spaces.alphas import LeafAlphas
+from ..spaces.rnn.model import DARTSCell, RNNModel
 
 __all__ = ["DARTSCell", "DARTSCellSearch", "RNNModel", "RNNModelSearch"]
 

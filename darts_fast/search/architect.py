@@ -58,17 +58,21 @@ import torch.nn as nn
 
 from .. import kernels
 from .distributed import mean_over_ranks
-from .loss import model_loss, scalar_loss
-from .skip import all_finite, allocate_like, copy_into, count_skip, state_tensors
+from .loss import loss_and_output, model_loss
+from .skip import adam_step, all_finite, allocate_like, copy_into, count_skip
 from .weights import check_weights, momentum_buffers, swap_in
 
 _HESSIANS = ("finite_difference", "exact")
 
 
 class Architect:
-    """``loss_fn(model, batch) -> loss`` (a 0-dim tensor; by default ``model._loss(*batch)``)
-    is called with the model the architect steps: the module itself where a DDP wrapper is
-    given."""
+    """``loss_fn(model, batch)`` returns the loss (a 0-dim tensor) or ``(loss, output)``; by
+    default it is ``model._loss(*batch)``. It is called with the model the architect steps: the
+    module itself where a DDP wrapper is given. A subclass with another virtual step
+    (``search.rnn_architect``) overrides ``_read_args``, ``_virtual_step`` and ``_direction``."""
+
+    required_args = ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay")
+    adam_betas = (0.5, 0.999)
 
     def __init__(self, model, args, hessian="finite_difference", process_group=None,
                  loss_fn=None):
@@ -88,30 +92,38 @@ class Architect:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"Architect: loss_fn must be callable as loss_fn(model, batch), got "
                             f"{type(loss_fn).__name__}")
-        for name in ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay"):
+        for name in self.required_args:
             if not hasattr(args, name):
-                raise TypeError(f"Architect: args must have the attribute {name!r}")
+                raise TypeError(f"{type(self).__name__}: args must have the attribute {name!r}")
         if hessian not in _HESSIANS:
             raise ValueError(f"Architect: hessian must be one of {_HESSIANS}, got {hessian!r}")
         alphas = list(model.arch_parameters())
         if not alphas or not all(isinstance(a, torch.Tensor) and a.requires_grad for a in alphas):
             raise ValueError("Architect: model.arch_parameters() must return tensors that "
                              "require grad")
-        self.network_momentum = args.momentum
-        self.network_weight_decay = args.weight_decay
+        arch_learning_rate, arch_weight_decay = self._read_args(args)
         self.model = model
         self.hessian = hessian
         self.process_group = process_group
-        self.loss_fn = model_loss if loss_fn is None else loss_fn
+        self.loss_fn = self.default_loss_fn if loss_fn is None else loss_fn
         self.optimizer = torch.optim.Adam(
-            alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
-            weight_decay=args.arch_weight_decay, capturable=alphas[0].is_cuda,
+            alphas, lr=arch_learning_rate, betas=self.adam_betas,
+            weight_decay=arch_weight_decay, capturable=alphas[0].is_cuda,
         )
         self._shadow_weights = None
         self._shadow_buffers = None
         self._saved_buffers = None
         self._saved_adam = None
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
+
+    default_loss_fn = staticmethod(model_loss)
+
+    def _read_args(self, args):
+        """Keeps the weights' update rule from ``args``; returns the alphas' Adam learning rate
+        and weight decay."""
+        self.network_momentum = args.momentum
+        self.network_weight_decay = args.weight_decay
+        return args.arch_learning_rate, args.arch_weight_decay
 
     def step(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer,
              unrolled):
@@ -131,7 +143,9 @@ class Architect:
     def step_batches(self, train_batch, valid_batch, eta, network_optimizer, unrolled):
         """One architecture step on two batches, each passed whole to ``loss_fn``. ``eta`` (the
         weights' learning rate) is a number or a 0-dim tensor; a device tensor lets a captured
-        step replay with the rate of the moment.
+        step replay with the rate of the moment. Returns the output that ``loss_fn`` gave with
+        the validation loss (at :math:`w'` second order, at :math:`w` first order), None where it
+        gives the loss alone.
 
         No host synchronisation. When a loss or the alpha gradient is not finite, the step is
         undone on the device, the way ``torch.amp.GradScaler`` skips an optimizer step: weights,
@@ -143,10 +157,10 @@ class Architect:
         self._saved_buffers = copy_into(self._saved_buffers, buffers)
         try:
             if unrolled:
-                grads, checks = self._unrolled_grads(train_batch, valid_batch, eta,
+                grads, checks, output = self._unrolled_grads(train_batch, valid_batch, eta,
                                                      network_optimizer)
             else:
-                loss = self._loss(valid_batch)
+                loss, output = self._loss_output(valid_batch)
                 grads = torch.autograd.grad(loss, alphas, allow_unused=True)
                 unused = [g is None for g in grads]
                 loss, *grads = mean_over_ranks([loss, *_zeros_for_none(grads, alphas)],
@@ -162,38 +176,35 @@ class Architect:
         # of reduction cells) keeps no gradient, and Adam leaves it alone, as in the original.
         for alpha, grad in zip(alphas, grads):
             alpha.grad = grad
-        targets, saved = self._adam_step(alphas)
+        targets, saved, self._saved_adam = adam_step(self.optimizer, alphas, self._saved_adam)
         with torch.no_grad():
             kernels.multi_tensor_revert_(buffers + targets, self._saved_buffers + saved, finite)
             self.skipped_steps = count_skip(self.skipped_steps, finite)
-
-    def _adam_step(self, alphas):
-        """Adam's step on the alphas. Returns the tensors it changed (alphas and their Adam
-        state) and their values before it, for a revert. The state Adam creates on its first
-        step is all zeros (step count included): its value before is zeros."""
-        state = self.optimizer.state
-        if alphas[0].is_cuda:  # the step count on the device, so that a revert can reach it
-            for group in self.optimizer.param_groups:
-                group["capturable"] = True
-            for a in alphas:  # a state loaded from a CPU run keeps its count on the CPU
-                if "step" in state.get(a, {}) and state[a]["step"].device != a.device:
-                    state[a]["step"] = state[a]["step"].to(a.device, torch.float32)
-        fresh = {id(a) for a in alphas if a.grad is not None and not state.get(a)}
-        before = alphas + state_tensors(self.optimizer, [a for a in alphas if id(a) not in fresh])
-        self._saved_adam = copy_into(self._saved_adam, before)
-        self.optimizer.step()
-        created = state_tensors(self.optimizer, [a for a in alphas if id(a) in fresh])
-        return before + created, self._saved_adam + [torch.zeros_like(t) for t in created]
+        return output
 
     def _loss(self, batch):
-        return scalar_loss(self.loss_fn(self.model, batch), "Architect: loss_fn(model, batch)")
+        return self._loss_output(batch)[0]
+
+    def _loss_output(self, batch):
+        return loss_and_output(self.loss_fn(self.model, batch),
+                               f"{type(self).__name__}: loss_fn(model, batch)")
+
+    def _virtual_step(self, shadow, weights, grads, eta, network_optimizer, params):
+        """Writes ``w'`` into ``shadow``; returns the factor of the implicit gradient, ``eta``."""
+        bufs = momentum_buffers(network_optimizer, self.model, params)
+        kernels.multi_tensor_virtual_step(shadow, weights, grads, bufs, eta,
+                                          self.network_momentum, self.network_weight_decay)
+        return eta
+
+    def _direction(self, v):
+        """The direction ``v`` of the finite difference, from the gradient at ``w'``."""
+        return v
 
     def _unrolled_grads(self, train_batch, valid_batch, eta, network_optimizer):
         model = self.model
         params = list(model.parameters())
         alphas = list(model.arch_parameters())
         check_weights(params)
-        bufs = momentum_buffers(network_optimizer, model, params)
         exact = self.hessian == "exact"
 
         group = self.process_group
@@ -204,9 +215,8 @@ class Architect:
         self._shadow_weights = allocate_like(self._shadow_weights, weights)
         shadow = self._shadow_weights
         with torch.no_grad():
-            kernels.multi_tensor_virtual_step(shadow, weights, [g.detach() for g in mean_grad_w],
-                                              bufs, eta, self.network_momentum,
-                                              self.network_weight_decay)
+            implicit = self._virtual_step(shadow, weights, [g.detach() for g in mean_grad_w], eta,
+                                          network_optimizer, params)
 
         # The pass at w' must leave the model's BatchNorm statistics alone and, like the
         # original's freshly built model, runs in training mode.
@@ -218,7 +228,7 @@ class Architect:
             swap_in(params, shadow)
             swap_in(buffers, self._shadow_buffers)
             model.train()
-            loss_valid = self._loss(valid_batch)
+            loss_valid, output = self._loss_output(valid_batch)
             grads = torch.autograd.grad(loss_valid, alphas + params, allow_unused=True)
         finally:
             swap_in(params, weights)
@@ -227,15 +237,17 @@ class Architect:
         unused = [g is None for g in grads[:len(alphas)]]
         loss_valid, *grads = mean_over_ranks([loss_valid, *_zeros_for_none(grads, alphas + params)],
                                              group)
-        dalpha, v = grads[:len(alphas)], grads[len(alphas):]
+        dalpha = grads[:len(alphas)]
+        with torch.no_grad():
+            v = self._direction(grads[len(alphas):])
 
         if exact:
             # Each rank differentiates its own training gradient along the common v; the mean of
             # those is the derivative of the mean gradient.
             hvp = mean_over_ranks(_grad(grad_w, alphas, grad_outputs=v), group)
             with torch.no_grad():
-                hypergrad = [d - eta * h for d, h in zip(dalpha, hvp)]
-            return _none_where(unused, hypergrad), [loss_train, loss_valid]
+                hypergrad = [d - implicit * h for d, h in zip(dalpha, hvp)]
+            return _none_where(unused, hypergrad), [loss_train, loss_valid], output
 
         with torch.no_grad():
             r = 0.01 / kernels.multi_tensor_norm(v)
@@ -258,8 +270,9 @@ class Architect:
         grads_pos, grads_neg = grads_pm[:n], grads_pm[n:]
         with torch.no_grad():
             hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r,
-                                                               eta)
-        return _none_where(unused, hypergrad), [loss_train, loss_valid, loss_pos, loss_neg]
+                                                               implicit)
+        return _none_where(unused, hypergrad), [loss_train, loss_valid, loss_pos, loss_neg], \
+            output
 
 
 def _check_batch(name, inputs, targets):

@@ -48,3 +48,23 @@ def count_skip(counter, finite):
         counter = torch.zeros((), dtype=torch.int64, device=finite.device)
     counter.add_(finite.logical_not())
     return counter
+
+
+def adam_step(optimizer, alphas, saved):
+    """Adam's step on the alphas. Returns the tensors it changed (alphas and their Adam state),
+    their values before it, for a revert, and ``saved`` (the persistent copies, see
+    :func:`copy_into`). The state Adam creates on its first step is all zeros (step count
+    included): its value before is zeros."""
+    state = optimizer.state
+    if alphas[0].is_cuda:  # the step count on the device, so that a revert can reach it
+        for group in optimizer.param_groups:
+            group["capturable"] = True
+        for a in alphas:  # a state loaded from a CPU run keeps its count on the CPU
+            if "step" in state.get(a, {}) and state[a]["step"].device != a.device:
+                state[a]["step"] = state[a]["step"].to(a.device, torch.float32)
+    fresh = {id(a) for a in alphas if a.grad is not None and not state.get(a)}
+    before = alphas + state_tensors(optimizer, [a for a in alphas if id(a) not in fresh])
+    saved = copy_into(saved, before)
+    optimizer.step()
+    created = state_tensors(optimizer, [a for a in alphas if id(a) in fresh])
+    return before + created, saved + [torch.zeros_like(t) for t in created], saved

@@ -21,7 +21,9 @@ Batches of another structure (the recurrent cell's ``(hidden, input, target)``, 
 of these) go whole through ``step.step_batches(train_batch, valid_batch, lr)``: the weight step's
 loss is ``loss_fn(model, train_batch)``, which returns the loss or ``(loss, output)``, and the
 architect's ``step_batches`` takes both batches (``darts_fast.Architect`` with its own
-``loss_fn``). The call returns ``(loss, output)``, output None where ``loss_fn`` gives none.
+``loss_fn``). The call returns ``(loss, output)``, output None where ``loss_fn`` gives none;
+``step.architecture_output`` is then what the architect's ``step_batches`` returned (the
+validation pass's output: the recurrent search carries its next validation hidden state).
 Without ``loss_fn`` the loss is the original's ``criterion(model(x), y)`` on a batch ``(x, y)``,
 and the output the logits. ``model`` here is the one given, DDP wrapper included.
 
@@ -32,10 +34,12 @@ choices, optimizer state and the architect's buffers settle), then the whole ste
 one CUDA graph and replayed from then on, the inputs copied into its static buffers. ``lr`` reaches
 the architect as a device tensor, so a new rate needs no new graph; the weight optimizer's rates
 are baked into the captured SGD kernels, so a graph is captured again when a scheduler changes
-them (once an epoch in DARTS). Each captured shape keeps its own memory pool, about one eager
-step's activations. Eager everywhere else (CPU included), with the same numbers. A model whose
-``capturable`` attribute is False (``darts_fast.GDASNetwork``: its forward pass reads the sampled
-candidates on the host) always runs eagerly.
+them (once an epoch in DARTS). A shape keeps one graph, for its latest rates: the recurrent
+search, whose rate follows the sequence length, keeps one per length. Each captured shape keeps
+its own memory pool, about one eager step's activations. Eager everywhere else (CPU included),
+with the same numbers. A model whose ``capturable`` attribute is False
+(``darts_fast.GDASNetwork``: its forward pass reads the sampled candidates on the host) always
+runs eagerly.
 
 The batches may hold values other than tensors (numbers, strings, None): a graph holds those as
 they were at its capture, so they belong to the input signature as the shapes do, each value
@@ -113,7 +117,8 @@ class SearchStep:
         self._saved = None
         self._lr = torch.zeros((), dtype=torch.float64, device=device) if cuda_graph else None
         self._calls = {}   # input signature -> eager calls so far
-        self._graphs = {}  # input signature -> _Graph, for the optimizer's current rates
+        self._graphs = {}  # input signature -> _Graph, for the rates of its latest call
+        self.architecture_output = None
 
     def __call__(self, input_train, target_train, input_valid, target_valid, lr):
         """The original loop body's step; the architect gets the original's
@@ -133,6 +138,10 @@ class SearchStep:
         return self._run((train_batch, valid_batch), lr, pairs=False)
 
     def _run(self, batches, lr, pairs):
+        loss, output, self.architecture_output = self._outputs(batches, lr, pairs)
+        return loss, output
+
+    def _outputs(self, batches, lr, pairs):
         if not self.cuda_graph:
             return self._step(*batches, lr, pairs)
         signature, tensors = _signature(batches, pairs)
@@ -142,7 +151,7 @@ class SearchStep:
             return graph.replay(tensors, self._lr, lr)
         if graph is not None or (self._calls.get(signature, 0) >= self.warmup
                                  and not self._stateless()):
-            self._graphs = {s: g for s, g in self._graphs.items() if g.rates == rates}
+            self._graphs[signature] = None  # its memory pool goes before the new one is made
             self._graphs[signature] = _Graph(self, batches, pairs, rates)
             return self._graphs[signature].replay(tensors, self._lr, lr)
         self._calls[signature] = self._calls.get(signature, 0) + 1
@@ -162,20 +171,21 @@ class SearchStep:
 
         def architecture_step():
             if self.architect is None:
-                return
+                return None
             if pairs:
                 self.architect.step(*train_batch, *valid_batch, lr, self.optimizer,
                                     unrolled=self.unrolled)
-            else:
-                self.architect.step_batches(train_batch, valid_batch, lr, self.optimizer,
-                                            unrolled=self.unrolled)
+                return None
+            output = self.architect.step_batches(train_batch, valid_batch, lr, self.optimizer,
+                                                 unrolled=self.unrolled)
+            return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, output)
 
         if not self.weights_first:
-            architecture_step()
-        outputs = self._weight_step(train_batch)
+            architecture_output = architecture_step()
+        loss, output = self._weight_step(train_batch)
         if self.weights_first:
-            architecture_step()
-        return outputs
+            architecture_output = architecture_step()
+        return loss, output, architecture_output
 
     def _weight_step(self, batch):
         model, optimizer = self.model, self.optimizer

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..alphas import LeafAlphas
 from .architecture import ArchitectureTable, CellArchitecture, cell_edges, darts_rule, edge_count
 from .genotypes import PRIMITIVES, Genotype, check_primitives
 from .mixed_op import MixedOp
@@ -63,7 +64,7 @@ class Cell(nn.Module):
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
-class Network(nn.Module):
+class Network(LeafAlphas, nn.Module):
     """The DARTS search network. Alphas (``alphas_normal``, ``alphas_reduce``, [edges, candidates]
     each: 14x8 with the defaults) are leaf tensors with ``requires_grad``, not parameters: absent
     from ``parameters()`` and ``state_dict()``, as in the original; ``.to()``/``.cuda()``/
@@ -157,18 +158,6 @@ class Network(nn.Module):
         self.alphas_normal = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self.alphas_reduce = (1e-3 * torch.randn(k, num_ops)).requires_grad_(True)
         self._arch_parameters = [self.alphas_normal, self.alphas_reduce]
-
-    def _apply(self, fn, *args, **kwargs):
-        # Alphas are not parameters, so Module._apply would leave them behind; convert their data
-        # in place so that optimizers holding them keep working.
-        super()._apply(fn, *args, **kwargs)
-        with torch.no_grad():
-            for alpha in self._arch_parameters:
-                alpha.data = fn(alpha.data)
-        return self
-
-    def arch_parameters(self):
-        return self._arch_parameters
 
     def new(self):
         """A fresh network of the same configuration, device and dtype, holding copies of this

@@ -113,3 +113,20 @@ def parse_genotype(spec):
     may be ``range(a, b)``)."""
     return parse_spec(spec, NAMED, Genotype._fields, genotype_from_dict,
                       "Genotype(recurrent=[(activation, predecessor), ...], concat=[...])")
+
+
+def genotype_rule(probs):
+    """DARTS' recurrent genotype from ``probs`` [36, 5], the softmax of the alphas (rows: node
+    ``i``'s predecessors ``0..i`` in turn; columns: ``PRIMITIVES``): per node the one predecessor
+    whose strongest activation other than ``none`` is the strongest, with that activation; ties go
+    to the lower predecessor and the earlier activation, as the authors' sort and loop give them.
+    ``concat`` is the search cell's last ``CONCAT`` states, a ``range`` as in the original."""
+    none = PRIMITIVES.index("none")
+    keep = [k for k in range(len(PRIMITIVES)) if k != none]
+    recurrent, start = [], 0
+    for i in range(STEPS):
+        rows = probs[start:start + i + 1, keep]
+        j = int(rows.max(dim=1).values.argmax())  # argmax: the first of equal values
+        recurrent.append((PRIMITIVES[keep[int(rows[j].argmax())]], j))
+        start += i + 1
+    return Genotype(recurrent=recurrent, concat=range(STEPS + 1)[-CONCAT:])

@@ -1,9 +1,11 @@
-"""The architecture parameters as DARTS' authors keep them: leaf tensors, not module parameters."""
+"""The architecture parameters as DARTS' authors keep them: leaf tensors, not module parameters.
+Shared by the search models of both spaces and by the reference: it moves tensors, it computes
+nothing."""
 import torch
 
 
 class LeafAlphas:
-    """Mixin of a reference model whose ``_arch_parameters`` are leaf tensors with
+    """Mixin of a search model whose ``_arch_parameters`` are leaf tensors with
     ``requires_grad``, absent from ``parameters()`` and ``state_dict()`` as in the authors' code.
     ``.to()``, ``.double()`` and ``.cuda()`` move them by hand, in place, so that an optimizer (and
     a cell) holding them keeps the same tensor."""

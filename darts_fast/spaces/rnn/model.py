@@ -1,7 +1,9 @@
 """DARTS' recurrent cell of a genotype and its language model as the authors wrote them
 (quark0/darts ``rnn/model.py``, with the dropouts of ``rnn/utils.py``): the variational masks,
 locked dropout, embedded dropout and the decoder tied to the embedding. The search cell and model
-(``rnn/model_search.py``) build on these in ``reference.rnn``.
+(``rnn/model_search.py``) build on these: the fused one in ``spaces.rnn.search_model``, the
+authors' in ``reference.rnn``. Nothing here is fused: a genotype's node computes one activation,
+not the search cell's four per edge.
 
 Where it departs from the original, for current PyTorch and for the tests:
   * the variational masks are drawn as the original's ``mask2d`` draws them (CPU generator,
@@ -21,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..spaces.rnn.genotypes import STEPS, validate_genotype
+from .genotypes import STEPS, validate_genotype
 
 INITRANGE = 0.04
 
