@@ -1,10 +1,14 @@
 """The text of the recurrent jobs and what they compute on it besides their steps: the corpus an
-options namespace names, its splits batched as the original batches them, and the perplexity
-evaluation of ``rnn/train_search.py`` and ``rnn/train.py``."""
+options namespace names, its splits batched as the original batches them, the perplexity
+evaluation of ``rnn/train_search.py`` and ``rnn/train.py``, and what both jobs share
+(``LanguageModelJob``)."""
 import torch
 import torch.nn.functional as F
 
+from ..search.rnn_loss import weight_loss
+from . import loop
 from .corpus import batchify, check_length, get_batch, load_ptb
+from .report import TokenMeter
 from .rnn_options import EVAL_BATCH_SIZE
 from .synthetic_corpus import synthetic_corpus
 
@@ -52,3 +56,36 @@ def evaluate(model, data, bptt, batch_size=EVAL_BATCH_SIZE):
             nll = F.nll_loss(log_prob.view(-1, log_prob.size(2)), targets.reshape(-1))
             total += nll.double() * len(inputs)
     return total.item() / len(data)
+
+
+class LanguageModelJob(loop.Job):
+    """A recurrent job: perplexity as its metric, ``--lr`` without a schedule, its weight loss
+    ``loss_fn`` (NLL + AR + TAR from the options) and an epoch that walks ``train_data`` from its
+    first row in sequences of ``sequence_length()`` rows."""
+
+    metric = TokenMeter.metric
+    lr_option = "--lr"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn = weight_loss(self.options.beta, self.options.alpha)
+
+    def learning_rate(self):
+        return self.options.lr
+
+    def end_epoch(self):
+        pass
+
+    def steps_per_epoch(self):
+        return len(self.train_data) // self.options.bptt  # about: the lengths are drawn
+
+    def sequence_length(self):
+        raise NotImplementedError
+
+    def batches(self):
+        """(first row, rows) of each step; the rows drawn as the step comes."""
+        i = 0
+        while i < len(self.train_data) - 2:
+            seq_len = self.sequence_length()
+            yield i, seq_len
+            i += seq_len

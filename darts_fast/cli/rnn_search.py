@@ -23,7 +23,6 @@ from .. import kernels
 from ..reference import rnn as reference_rnn
 from ..reference.rnn_architect import RNNArchitect as ReferenceArchitect
 from ..search.rnn_architect import RNNArchitect
-from ..search.rnn_loss import weight_loss
 from ..search.step import SearchStep
 from ..spaces.rnn import search_model
 from ..spaces.rnn.genotypes import PRIMITIVES, STEPS, genotype_text, genotype_to_dict
@@ -77,25 +76,17 @@ def _add_steps(job, model, optimizer, options):
     # One graph per sequence length (bptt and bptt / 2; a rare last length runs eagerly).
     job.search_step = SearchStep(model, job.architect, optimizer, grad_clip=options.clip,
                                  unrolled=options.unrolled,
-                                 loss_fn=weight_loss(options.beta, options.alpha),
+                                 loss_fn=job.loss_fn,
                                  cuda_graph=job.device.type == "cuda"
                                  and not options.no_cuda_graph)
 
 
-class RNNSearchJob(loop.Job):
+class RNNSearchJob(rnn_data.LanguageModelJob):
     command = "search"
     finished = "search finished"
-    metric = TokenMeter.metric
-    lr_option = "--lr"
 
     def new_meter(self):
         return TokenMeter(skip_non_finite=True, device=self.device)
-
-    def learning_rate(self):
-        return self.options.lr
-
-    def end_epoch(self):
-        pass
 
     def validate(self):
         loss = rnn_data.evaluate(self.model, self.val_data, self.options.bptt)
@@ -105,16 +96,8 @@ class RNNSearchJob(loop.Job):
         self.hidden = self.model.init_hidden(self.options.batch_size)
         self.hidden_valid = self.model.init_hidden(self.options.batch_size)
 
-    def steps_per_epoch(self):
-        return len(self.train_data) // self.options.bptt  # about: the lengths are drawn
-
-    def batches(self):
-        """(first row, rows) of each step; the rows drawn as the step comes."""
-        i = 0
-        while i < len(self.train_data) - 2:
-            seq_len = sequence_length(self.lengths, self.options.bptt)
-            yield i, seq_len
-            i += seq_len
+    def sequence_length(self):
+        return sequence_length(self.lengths, self.options.bptt)
 
     def step(self, batch, lr):
         i, seq_len = batch
@@ -134,12 +117,12 @@ class RNNSearchJob(loop.Job):
         o, model = self.options, self.model
         (x, y), (xv, yv) = train, valid
         model.train()
-        hidden = rnn_data.detach(self.hidden)
-        self.hidden_valid, _ = self.architect.step(
-            hidden, x, y.reshape(-1), rnn_data.detach(self.hidden_valid), xv, yv.reshape(-1),
-            self.optimizer, o.unrolled)
+        # The hidden states are kept cut from the graphs that made them.
+        hidden_valid, _ = self.architect.step(self.hidden, x, y.reshape(-1), self.hidden_valid,
+                                              xv, yv.reshape(-1), self.optimizer, o.unrolled)
+        self.hidden_valid = rnn_data.detach(hidden_valid)
         self.optimizer.zero_grad()
-        loss, (hidden, raw) = weight_loss(o.beta, o.alpha)(model, (hidden, x, y.reshape(-1)))
+        loss, (hidden, raw) = self.loss_fn(model, (self.hidden, x, y.reshape(-1)))
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), o.clip)
         self.optimizer.step()
@@ -148,11 +131,10 @@ class RNNSearchJob(loop.Job):
 
     def _fused_step(self, train, valid, eta):
         (x, y), (xv, yv) = train, valid
-        _, (hidden, raw) = self.search_step.step_batches(
-            (rnn_data.detach(self.hidden), x, y.reshape(-1)),
-            (rnn_data.detach(self.hidden_valid), xv, yv.reshape(-1)), eta)
-        self.hidden = rnn_data.detach(hidden)
-        self.hidden_valid = rnn_data.detach(self.search_step.architecture_output)
+        # SearchStep returns its outputs detached: the hidden states are cut from their graphs.
+        _, (self.hidden, raw) = self.search_step.step_batches(
+            (self.hidden, x, y.reshape(-1)), (self.hidden_valid, xv, yv.reshape(-1)), eta)
+        self.hidden_valid = self.search_step.architecture_output
         return raw
 
     def skip_counters(self):

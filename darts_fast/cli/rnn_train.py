@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from ..spaces.rnn.genotypes import genotype_text, genotype_to_dict, parse_genotype
-from ..search.rnn_loss import weight_loss
 from ..spaces.rnn.model import RNNModel
 from . import loop, ranks, rnn_data, runtime
 from .corpus import get_batch, sequence_length, sequence_lr
@@ -60,36 +59,20 @@ def run(options):
     return loop.run(job)
 
 
-class RNNTrainJob(loop.Job):
+class RNNTrainJob(rnn_data.LanguageModelJob):
     command = "train"
     finished = "training finished"
-    metric = TokenMeter.metric
-    lr_option = "--lr"
 
     def new_meter(self):
         return TokenMeter(device=self.device)
-
-    def learning_rate(self):
-        return self.options.lr
-
-    def end_epoch(self):
-        pass
 
     def begin_epoch(self, epoch):
         self.epoch = epoch
         self.hidden = self.model.init_hidden(self.options.batch_size)
 
-    def steps_per_epoch(self):
-        return len(self.train_data) // self.options.bptt  # about: the lengths are drawn
-
-    def batches(self):
-        """(first row, rows) of each step; the rows drawn as the step comes."""
-        o, i = self.options, 0
-        while i < len(self.train_data) - 2:
-            seq_len = sequence_length(self.lengths, o.bptt, jitter=True,
-                                      max_seq_len_delta=o.max_seq_len_delta)
-            yield i, seq_len
-            i += seq_len
+    def sequence_length(self):
+        return sequence_length(self.lengths, self.options.bptt, jitter=True,
+                               max_seq_len_delta=self.options.max_seq_len_delta)
 
     def step(self, batch, lr):
         i, seq_len = batch
@@ -100,8 +83,7 @@ class RNNTrainJob(loop.Job):
         try:
             model.train()
             self.optimizer.zero_grad()
-            loss, (hidden, raw) = weight_loss(o.beta, o.alpha)(
-                model, (rnn_data.detach(self.hidden), x, y.reshape(-1)))
+            loss, (hidden, raw) = self.loss_fn(model, (self.hidden, x, y.reshape(-1)))
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), o.clip)
             self.optimizer.step()
