@@ -7,6 +7,8 @@
   * a PC-DARTS search step (first order, the authors' default, and second order) and a GDAS
     search step (weights first, then the alphas, first order): the authors' formulation
     (``darts_fast.reference``) against darts_fast's networks, SearchStep and Architect;
+  * a P-DARTS stage-3 search step, and the cost of the dominant Hessian eigenvalue against one
+    search step (``guard_cases.py``);
   * DARTS' recurrent search (``rnn_cases.py``): one node of the search cell forward + backward
     (the authors' loop, torch.compile of it, ``kernels.rnn_node``) and the second-order search
     step (the authors' model and architect against darts_fast's, captured on a GPU).
@@ -37,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from cases import gdas_search_step, search_step, synchronized  # noqa: E402
 from measure import run_child, timed_peak  # noqa: E402
+from guard_cases import PDARTS_CONFIG, eigenvalue, pdarts_step  # noqa: E402
 from rnn_cases import RNN_CONFIG, node, search_step as rnn_search_step  # noqa: E402
 from tables import update_results_md  # noqa: E402
 
@@ -61,6 +64,9 @@ CASES = {
     "pc_step_first": (["reference", "fused"], "reference", (1.3, 0.8)),
     "pc_step_second": (["reference", "fused"], "reference", (1.3, 0.8)),
     "gdas_step": (["reference", "fused"], "reference", (1.3, None)),
+    "pdarts_step": (["reference", "fused"], "reference", (1.3, 0.8)),
+    # No target: how many search steps one eigenvalue costs (a ratio below 1).
+    "eigenvalue": (["search_step", "eigenvalue"], "search_step", (None, None)),
     "rnn_node": (["reference", "compiled_reference", "fused"], "reference", (None, None)),
     # The fused node keeps none of the four activation outputs per edge that autograd keeps for
     # the authors' loop; on a GPU, where the cell is launch-bound, the step is captured.
@@ -73,6 +79,8 @@ DESCRIPTION = {
     "pc_step_first": "PC-DARTS search step, first order",
     "pc_step_second": "PC-DARTS search step, second order",
     "gdas_step": "GDAS search step (weights, then alphas; first order)",
+    "pdarts_step": "P-DARTS stage-3 search step, 17 cells, 3 candidates per edge, first order",
+    "eigenvalue": "dominant Hessian eigenvalue (Lanczos) against a second-order DARTS step",
     "rnn_node": "DARTS recurrent node fwd+bwd, 8 predecessors, 300 units",
     "rnn_step_second": "DARTS recurrent search step, second order, bptt 35, 300 units",
 }
@@ -114,6 +122,10 @@ def build(case, impl, device, config):
         return pc_mixed_op(impl, device, stride=int(case[-1]), batch=config.get("op_batch", 256))
     if case.startswith("pc_step"):
         return pc_step(impl, device, case.endswith("second"), config)
+    if case == "pdarts_step":
+        return pdarts_step(impl, device, {**PDARTS_CONFIG[device.type], **config.get("pdarts", {})})
+    if case == "eigenvalue":
+        return eigenvalue(impl, device, config)
     return gdas_search_step(impl, device, config=config)
 
 

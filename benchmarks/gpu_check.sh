@@ -129,7 +129,9 @@ sanitizer() {
 }
 
 # The command line on CUDA: the captured step (its default there), then twice the same search
-# with --deterministic, whose alphas must agree bit for bit.
+# with --deterministic, whose alphas must agree bit for bit; the recurrent search captured and
+# eager; the collapse guards (noise and auxiliary skip inside the captured step, the eigenvalue)
+# and P-DARTS' three stages.
 cli() {
   local runs=/tmp/gpu_check_runs common
   rm -rf "$runs"
@@ -142,7 +144,12 @@ cli() {
   "$python" -m darts_fast search --space rnn --epochs 1 --unrolled --device cuda \
     --run_dir "$runs/rnn_graph" &&
   "$python" -m darts_fast search --space rnn --epochs 1 --unrolled --device cuda \
-    --no_cuda_graph --run_dir "$runs/rnn_eager" || return 1
+    --no_cuda_graph --run_dir "$runs/rnn_eager" &&
+  "$python" -m darts_fast "${common[@]}" --alpha_noise --aux_skip 1 --hessian_eigenvalue \
+    --run_dir "$runs/guards" &&
+  "$python" -m darts_fast search --method pdarts --epochs 3 --layers 2 --add_layers 1 2 \
+    --arch_start_epoch 0 --batch_size 32 --synthetic_size 256 --device cuda \
+    --run_dir "$runs/pdarts" || return 1
   "$python" - "$runs" <<'PY' | tee "$out/cli.txt"
 import csv
 import json
@@ -155,6 +162,9 @@ def seconds(name):
     return [float(r["seconds"]) for r in csv.DictReader(open(f"{runs}/{name}/metrics.csv"))]
 for name in ("graph", "eager", "det1", "det2"):
     print(f"{name}: seconds per epoch {seconds(name)}")
+for name in ("guards", "pdarts"):  # the noise and the skip dropout drawn inside the graph
+    rows = list(csv.DictReader(open(f"{runs}/{name}/collapse.csv")))
+    print(f"{name}: {rows[-1]}, seconds per epoch {seconds(name)}")
 for name in ("rnn_graph", "rnn_eager"):  # captured and eager: the same perplexity, to rounding
     rows = list(csv.DictReader(open(f"{runs}/{name}/metrics.csv")))
     print(f"{name}: valid perplexity {rows[-1]['valid_ppl']}, seconds {rows[-1]['seconds']}")
@@ -181,12 +191,14 @@ distributed() {
     --device cuda --run_dir /tmp/gpu_check_torchrun
 }
 
-# PC-DARTS' mixed op and first-order step, GDAS' step and DARTS' recurrent node and captured
-# second-order step (target: 4x the authors' step) against their authors' code, once each (every
-# case a fresh process); the whole family with more repetitions: --stages family alone.
+# PC-DARTS' mixed op and first-order step, GDAS' step, P-DARTS' stage-3 step, the Hessian
+# eigenvalue against a search step, and DARTS' recurrent node and captured second-order step
+# (target: 4x the authors' step) against their authors' code, once each (every case a fresh
+# process); the whole family with more repetitions: --stages family alone.
 family() {
   "$python" benchmarks/family.py --device cuda --repeats 1 --rounds 5 \
-    --cases pc_mixed_op_stride1 pc_step_first gdas_step rnn_node rnn_step_second \
+    --cases pc_mixed_op_stride1 pc_step_first gdas_step pdarts_step eigenvalue rnn_node \
+    rnn_step_second \
     >"$out/family.txt" 2>&1 &&
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
@@ -196,9 +208,9 @@ export out python
 # The figures first; the limits add up to 580 s, inside a 10-minute call.
 wants build && stage build 100 build
 wants tests && stage tests 90 cuda_tests
-wants report && stage report 170 report
+wants report && stage report 140 report
 wants sanitizer && stage sanitizer 50 sanitizer
-wants cli && stage cli 50 cli
+wants cli && stage cli 80 cli
 wants distributed && stage distributed 50 distributed
 wants family && stage family 70 family
 

@@ -1,4 +1,5 @@
 """The fused Architect against the reference (original) Architect."""
+import functools
 import types
 
 import pytest
@@ -191,6 +192,20 @@ def test_exact_hessian_differs_from_the_original_on_relu_networks():
     errors = [rel_err(a.grad, b.grad) for a, b in zip(mf.arch_parameters(),
                                                          mr.arch_parameters())]
     assert max(errors) > 1e-6  # a different result, as documented
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_exact_hessian_of_the_fused_network_is_the_plain_networks(fold):
+    """The exact hypergradient differentiates the fused ops' backward again: on the fused
+    network it equals the one autograd gives through the authors' plain network."""
+    mf, mr = networks(darts_fast.Network, "cpu", torch.float64)
+    if not fold:
+        mf, _ = networks(functools.partial(darts_fast.Network, fold_batch_norm=False), "cpu",
+                         torch.float64)
+    data = batches("cpu", torch.float64, size=8)
+    for model in (mf, mr):
+        darts_fast.Architect(model, ARGS, hessian="exact").step(*data, ETA, sgd(model), True)
+    assert_alpha_grads_close(mf, mr, 1e-9)
 
 
 class TestBadInput:

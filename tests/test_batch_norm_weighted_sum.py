@@ -89,6 +89,33 @@ def test_gradients_without_the_weight_gradient_or_batch_rows():
                    torch.autograd.grad(want[0].sum(), g)[0]) < 1e-12
 
 
+def test_double_backward_with_ys_computed_from_one_another():
+    """The mixed op's case: the identity's output is the input of the other candidates. Under
+    create_graph=True each y gets its partial derivative, as the plain backward gives it, and
+    the second derivatives are those of the formula in torch ops."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(torch.randn(3, generator=g, dtype=torch.float64), 0).requires_grad_()
+    mean = torch.zeros(3, 4, dtype=torch.float64)
+    var = torch.ones(3, 4, dtype=torch.float64)
+    batch_stats = [False, True, True]
+    ys = [x, torch.relu(x), F.avg_pool2d(x, 3, 1, 1)]
+    out = kernels.batch_norm_weighted_sum(ys, w, mean, torch.rsqrt(var + 1e-5), batch_stats,
+                                          1e-5)[0]
+    ref, _ = expected(ys, w, mean, var, batch_stats, 1e-5)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    plain = torch.autograd.grad(out, [x, w], grad, retain_graph=True)
+    got = torch.autograd.grad(out, [x, w], grad, create_graph=True)
+    want = torch.autograd.grad(ref, [x, w], grad, create_graph=True)
+    for a, b, c in zip(got, want, plain):
+        assert rel_err(a, b) < 1e-12 and rel_err(c, b) < 1e-12
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got[0] * v).sum() + got[1].sum(), [x, w],
+                                        retain_graph=True),
+                    torch.autograd.grad((want[0] * v).sum() + want[1].sum(), [x, w])):
+        assert rel_err(a, b) < 1e-10
+
+
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 def test_opcheck(layout):
     ys, w, mean, var = inputs("cpu", torch.float32, layout=layout)

@@ -100,6 +100,8 @@ def help_entries(text):
 
 
 def shown(value):
+    if isinstance(value, list):
+        return " ".join(shown(v) for v in value)
     return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
 
 
@@ -131,7 +133,7 @@ def test_every_option_has_a_help_line_that_shows_its_default(command, monkeypatc
             assert entries[flag].endswith(f"(default {default})")
     else:
         assert entries["--batch_size"].endswith(
-            "default by --method: darts 64, gdas 256, pc-darts 256")
+            "default by --method: darts 64, gdas 256, pc-darts 256, pdarts 96")
 
 
 # --- what the log says: the batch used, busy cores ---------------------------------------------

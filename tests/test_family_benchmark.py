@@ -8,7 +8,8 @@ import torch
 @pytest.mark.parametrize("case", sorted(family.CASES))
 def test_every_case_runs(case):
     config = dict(C=4, layers=3, batch=2, image=8, op_batch=2,
-                  rnn=dict(ntoken=30, nhid=6, batch=3, bptt=4))
+                  rnn=dict(ntoken=30, nhid=6, batch=3, bptt=4),
+                  pdarts=dict(C=4, layers=3, batch=2, image=8))
     for impl in family.CASES[case][0]:
         if impl == "compiled_reference":  # compiling takes minutes on the CPU
             continue

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import darts_fast
 from darts_fast import reference
-from darts_fast.methods import gdas, pc_darts
+from darts_fast.methods import gdas, pc_darts, pdarts
 from darts_fast.reference import darts as reference_darts
 from darts_fast.reference import gdas as reference_gdas
 from darts_fast.reference import pc_darts as reference_pc_darts
@@ -20,10 +20,11 @@ from darts_fast.search import architect
 from darts_fast.spaces.alphas import LeafAlphas
 from darts_fast.spaces.cnn import mixed_op, network
 
-FAST_MODULES = [network, mixed_op, pc_darts, gdas, architect]
+FAST_MODULES = [network, mixed_op, pc_darts, gdas, pdarts, architect]
 REFERENCE_CLASSES = [reference.MixedOp, reference.Network, reference.Architect,
                      reference.PartialChannelMixedOp, reference.PCNetwork, reference.GDASNetwork,
-                     reference_darts.Cell, reference_pc_darts.PCCell, reference_gdas.GDASCell]
+                     reference_darts.Cell, reference_pc_darts.PCCell, reference_gdas.GDASCell,
+                     reference.PDARTSMixedOp, reference.PDARTSCell, reference.PDARTSNetwork]
 # What the reference may import: the leaf candidate operations, the genotype names, the outputs'
 # table type, its own modules, and libraries.
 # The language model around the recurrent search cell (spaces.rnn.model) and the alphas' device
@@ -31,8 +32,8 @@ REFERENCE_CLASSES = [reference.MixedOp, reference.Network, reference.Architect,
 ALLOWED_IMPORTS = {"..spaces.cnn.operations", "..spaces.cnn.genotypes",
                    "..spaces.cnn.architecture", "..spaces.rnn.genotypes", "..spaces.rnn.model",
                    "..spaces.alphas", ".architect", ".darts",
-                   ".gdas", ".pc_darts", ".rnn", ".rnn_architect",
-                   "functools", "numpy", "torch", "torch.nn", "torch.nn.functional"}
+                   ".gdas", ".pc_darts", ".pdarts", ".rnn", ".rnn_architect",
+                   "functools", "math", "numpy", "torch", "torch.nn", "torch.nn.functional"}
 
 
 def fast_classes():
@@ -50,8 +51,9 @@ def test_no_class_shared_with_the_fused_code(cls):
 
 
 @pytest.mark.parametrize("cls, kwargs", [(reference.Network, {}), (reference.PCNetwork, {}),
-                                         (reference.GDASNetwork, {"conv_bias": True})],
-                         ids=["darts", "pc-darts", "gdas"])
+                                         (reference.GDASNetwork, {"conv_bias": True}),
+                                         (reference.PDARTSNetwork, {"p": 0.2})],
+                         ids=["darts", "pc-darts", "gdas", "pdarts"])
 def test_every_module_is_the_references_a_leaf_operation_or_torchs(cls, kwargs):
     model = cls(8, 10, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2, **kwargs)
     for name, module in model.named_modules():

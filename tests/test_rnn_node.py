@@ -186,6 +186,27 @@ def test_gradgradcheck(device):
     assert torch.autograd.gradgradcheck(kernels.rnn_node, inputs)
 
 
+def test_double_backward_with_inputs_computed_from_one_another():
+    """The search cell's case: the node's pre-activations come from its states. Under
+    create_graph=True each input gets its partial derivative, as the plain backward gives it."""
+    states, ch, probs = make(3, 4, 5)
+    W = torch.randn(5, 10, dtype=torch.float64, requires_grad=True)
+    ch = states @ W
+    grad = torch.randn(4, 5, dtype=torch.float64)
+    inputs = [states, W, probs]
+    plain = torch.autograd.grad(kernels.rnn_node(states, ch, probs), inputs, grad,
+                                retain_graph=True)
+    got = torch.autograd.grad(kernels.rnn_node(states, ch, probs), inputs, grad,
+                              create_graph=True)
+    want = torch.autograd.grad(plain_node(states, ch, probs), inputs, grad, create_graph=True)
+    for a, b, c in zip(got, want, plain):
+        assert rel_err(a, b) < 1e-12 and rel_err(c, b) < 1e-12
+    second = [torch.autograd.grad(g[1].sum() + g[2].sum(), [states, W, probs],
+                                  retain_graph=True) for g in (got, want)]
+    for a, b in zip(*second):
+        assert rel_err(a, b) < 1e-10
+
+
 def test_opcheck(device):
     for requires_grad in (True, False):
         inputs = make(3, 4, 6, dtype=torch.float32, device=device, requires_grad=requires_grad)

@@ -1,5 +1,6 @@
 """SearchStep against the original loop body, its device-side skip of non-finite steps, and (on
 CUDA) its captured graph against the eager step."""
+import copy
 import types
 
 import pytest
@@ -274,3 +275,30 @@ def test_cuda_deterministic_searches_are_bit_identical(cuda_graph):
             runs.append([t.detach().clone() for t in [*model.arch_parameters(),
                                                       *model.parameters()]])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_released_graphs_take_the_modules_settings_of_now():
+    """A graph holds a dropout rate as it was at its capture: after ``release_graphs`` the step
+    captures again with the rate set since (P-DARTS' skip dropout, once an epoch). With the rate
+    0 the step is deterministic: the new graph's step equals an eager one from the same state."""
+    from darts_fast.methods.pdarts import PDARTSNetwork
+
+    torch.manual_seed(0)
+    model = PDARTSNetwork(4, 10, 3, nn.CrossEntropyLoss(), p=0.5).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9)
+    architect = darts_fast.Architect(model, ARGS)
+    step = SearchStep(model, architect, optimizer, unrolled=False, cuda_graph=True, warmup=2)
+    for i in range(4):  # two eager calls, the capture, a replay
+        step(*batch("cuda", torch.float32, i), 0.025)
+    model.set_skip_dropout(0.0)
+    step.release_graphs()
+    twin_model, twin_optimizer, twin_architect = copy.deepcopy((model, optimizer, architect))
+    twin = SearchStep(twin_model, twin_architect, twin_optimizer, unrolled=False,
+                      cuda_graph=False)
+    data = batch("cuda", torch.float32, 4)
+    captured, eager = step(*data, 0.025)[0].clone(), twin(*data, 0.025)[0]
+    assert len(step._graphs) == 1 and rel_err(captured, eager) < 1e-5
+    assert max(rel_err(a, b) for a, b in zip([*model.parameters(), *model.arch_parameters()],
+                                             [*twin_model.parameters(),
+                                              *twin_model.arch_parameters()])) < 1e-5

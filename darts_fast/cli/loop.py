@@ -18,12 +18,11 @@ import time
 
 import torch
 
-from . import checkpoint, stops, visualize
+from . import epoch_end, stops
 from .errors import Diverged
 from .ranks import Ranks, Terminated
-from .report import Meter, Progress, RunLog, oversubscription
+from .report import Meter, Progress, RunLog, evaluate, oversubscription
 from .resume import open_run, restore, thread_change
-from .run_dir import metric_fields
 from .runtime import determinism
 
 
@@ -50,6 +49,9 @@ class Job:
     def learning_rate(self):
         """The learning rate of the epoch about to run, as metrics.csv records it."""
         return self.scheduler.get_last_lr()[0]
+
+    def schedule_epochs(self):  # the epochs the scheduler anneals over
+        return self.options.epochs
 
     def end_epoch(self):
         """After an epoch's steps, before its validation."""
@@ -102,6 +104,31 @@ class Job:
     def check_ranks(self, epoch):
         """Raises Diverged when what every rank must hold alike differs between the ranks."""
 
+    def after_validation(self, epoch):
+        """What the job decides from epoch ``epoch`` (0-based) before its checkpoint."""
+
+    def rollback_epoch(self):
+        """The epoch (count of epochs done) the run goes back to now (None: it goes on)."""
+        return None
+
+    def carried_over(self):
+        """What a rollback keeps of the job as it is, for ``rolled_back``."""
+
+    def rolled_back(self, carried):
+        """After a rollback restored the job: changes what the rollback changes; the log line."""
+
+    def epoch_checkpoints(self):
+        """How many epochs' checkpoints the run folder keeps, for a rollback (0: none)."""
+        return 0
+
+    def stop_reason(self):
+        """Why the run ended before its last epoch, once it did (None: it goes on)."""
+        return None
+
+    def epoch_text(self):
+        """The job's own words in the epoch's log line ('' for none)."""
+        return ""
+
     def write_outputs(self, run, log, epoch, rows):
         pass
 
@@ -113,8 +140,11 @@ class Job:
         raise NotImplementedError
 
     def summary(self, run, epoch):
-        done = epoch >= self.options.epochs
-        lines = [f"\n{self.finished if done else f'stopped after epoch {epoch}'}: {run.path}",
+        stopped = self.stop_reason()
+        done = epoch >= self.options.epochs or stopped is not None
+        first = f"{self.command} {stopped}" if stopped else self.finished if done else \
+            f"stopped after epoch {epoch}"
+        lines = [f"\n{first}: {run.path}",
                  *self.output_lines(run),
                  f"metrics:   {run.file('metrics.csv')}; "
                  f"{shlex.join(['tensorboard', '--logdir', run.path])}"]
@@ -142,7 +172,7 @@ def _run(job):
             # The events of the epochs this process writes again replace those left behind.
             log = RunLog(folder, job.command, start if behind else start + 1)
             if behind:  # a kill cut the checkpointed epoch's outputs short
-                _write_outputs(job, folder, log, start, rows)
+                epoch_end.write_outputs(job, folder, log, start, rows)
             threads = job.options.threads
             log.info(f"{job.describe()}; {threads} CPU thread{'s' if threads > 1 else ''}; "
                      f"run folder {folder.path}"
@@ -184,73 +214,74 @@ def _info(log, message):
 
 
 def _epochs(job, folder, log, start, rows):
-    options, ranks = job.options, job.ranks
+    """Runs the epochs from ``start``; returns the number of epochs done."""
+    options = job.options
     last = min(options.epochs, options.stop_after_epoch or options.epochs)
-    for epoch in range(start, last):
-        epoch_start, cpu_start = time.time(), time.process_time()
-        lr = job.learning_rate()
-        job.begin_epoch(epoch)
-        meter = job.new_meter()
-        before = _read(job.skip_counters())
-        progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter,
-                            shown=ranks.leader)
-        steps = 0
-        try:
-            for batch in job.batches():
-                meter.add(*job.step(batch, lr))
-                progress.step()
-                steps += 1
-        finally:
-            progress.close()
-        skipped = {kind: n - before[kind] for kind, n in _read(job.skip_counters()).items()}
-        if steps and any(n == steps for n in skipped.values()):
-            raise Diverged(stops.diverged(folder, epoch, "every step was skipped: the loss or "
-                                                         "the gradients are not finite",
-                                          job.lr_option))
-        train_loss, train_metric = meter.means(ranks.sum_)
-        job.end_epoch()
-        valid_loss, valid_metric = job.validate()
-        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)
-                and _all_finite(job.tensors_to_check())):
-            raise Diverged(stops.diverged(folder, epoch, f"the loss or the weights are not "
-                                                         f"finite (train loss {train_loss:.4g})",
-                                          job.lr_option))
-        job.check_ranks(epoch)
-        m = job.metric
-        rows.append({"epoch": str(epoch + 1), "lr": f"{lr:.6g}",
-                     "train_loss": f"{train_loss:.4f}", f"train_{m}": f"{train_metric:.2f}",
-                     "valid_loss": f"{valid_loss:.4f}", f"valid_{m}": f"{valid_metric:.2f}",
-                     "seconds": f"{time.time() - epoch_start:.1f}"})
-        rng = ranks.gather(checkpoint.rng_states())
-        # The ranks' own BatchNorm statistics (rank 0's are the model's), for an exact resume.
-        buffers = ranks.gather({n: b.cpu() for n, b in job.model.named_buffers()}) \
-            if ranks.distributed else None
-        if not ranks.leader:
-            ranks.checkpoint_written(epoch + 1)
-            continue
-        folder.save_checkpoint({
-            "command": job.command, "run_id": folder.config["run_id"],
-            "options": folder.config["options"], "epoch": epoch + 1, "metrics": list(rows),
-            "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-            **({"scheduler": job.scheduler.state_dict()} if job.scheduler is not None else {}),
-            **job.extra_state(),
-            "rng": rng[0], **({"processes": ranks.world, "rng_ranks": rng,
-                               "buffers_ranks": buffers} if ranks.distributed else {}),
-        })
-        ranks.checkpoint_written(epoch + 1)
-        _write_outputs(job, folder, log, epoch + 1, rows)
-        text = meter.text
-        log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
-                 f"{text(train_metric)} | valid loss {valid_loss:.3f} {text(valid_metric)} | "
-                 f"{rows[-1]['seconds']} s" + "".join(
-                     f" | {n} {kind} step{'s' if n > 1 else ''} skipped (not finite)"
-                     for kind, n in skipped.items() if n))
-        if epoch == start and job.device.type == "cpu":  # once, from a whole epoch's figures
-            warning = oversubscription(options.threads, time.process_time() - cpu_start,
-                                       time.time() - epoch_start)
-            if warning:
-                log.info(warning)
+    if job.stop_reason():
+        _info(log, f"nothing to continue: the run {job.stop_reason()}")
+        return start
+    epoch, rows = epoch_end.roll_back(job, folder, log, start, rows)  # one decided before a kill
+    while epoch < last:
+        _epoch(job, folder, log, epoch, rows, first=epoch == start)
+        epoch += 1
+        if job.stop_reason():  # every rank decided alike
+            _info(log, f"{job.command} {job.stop_reason()}")
+            return epoch
+        epoch, rows = epoch_end.roll_back(job, folder, log, epoch, rows)
     return last
+
+
+def _epoch(job, folder, log, epoch, rows, first):
+    """Epoch ``epoch`` (0-based): its steps, validation, checkpoint, outputs and log line."""
+    options, ranks = job.options, job.ranks
+    epoch_start, cpu_start = time.time(), time.process_time()
+    job.begin_epoch(epoch)  # first: it may start a new schedule (a search's new stage)
+    lr = job.learning_rate()
+    meter = job.new_meter()
+    before = _read(job.skip_counters())
+    progress = Progress(epoch, options.epochs, job.steps_per_epoch(), meter, shown=ranks.leader)
+    steps = 0
+    try:
+        for batch in job.batches():
+            meter.add(*job.step(batch, lr))
+            progress.step()
+            steps += 1
+    finally:
+        progress.close()
+    skipped = {kind: n - before[kind] for kind, n in _read(job.skip_counters()).items()}
+    if steps and any(n == steps for n in skipped.values()):
+        raise Diverged(stops.diverged(folder, epoch, "every step was skipped: the loss or the "
+                                                     "gradients are not finite", job.lr_option))
+    train_loss, train_metric = meter.means(ranks.sum_)
+    job.end_epoch()
+    valid_loss, valid_metric = job.validate()
+    if not (math.isfinite(train_loss) and math.isfinite(valid_loss)
+            and _all_finite(job.tensors_to_check())):
+        raise Diverged(stops.diverged(folder, epoch, f"the loss or the weights are not finite "
+                                                     f"(train loss {train_loss:.4g})",
+                                      job.lr_option))
+    job.check_ranks(epoch)
+    job.after_validation(epoch)
+    m = job.metric
+    rows.append({"epoch": str(epoch + 1), "lr": f"{lr:.6g}",
+                 "train_loss": f"{train_loss:.4f}", f"train_{m}": f"{train_metric:.2f}",
+                 "valid_loss": f"{valid_loss:.4f}", f"valid_{m}": f"{valid_metric:.2f}",
+                 "seconds": f"{time.time() - epoch_start:.1f}"})
+    epoch_end.save_checkpoint(job, folder, epoch + 1, rows)
+    if not ranks.leader:
+        return
+    epoch_end.write_outputs(job, folder, log, epoch + 1, rows)
+    text = meter.text
+    log.info(f"epoch {epoch + 1}/{options.epochs} lr {lr:.4g} | train loss {train_loss:.3f} "
+             f"{text(train_metric)} | valid loss {valid_loss:.3f} {text(valid_metric)} | "
+             f"{rows[-1]['seconds']} s" + job.epoch_text() + "".join(
+                 f" | {n} {kind} step{'s' if n > 1 else ''} skipped (not finite)"
+                 for kind, n in skipped.items() if n))
+    if first and job.device.type == "cpu":  # once, from a whole epoch's figures
+        warning = oversubscription(options.threads, time.process_time() - cpu_start,
+                                   time.time() - epoch_start)
+        if warning:
+            log.info(warning)
 
 
 def _read(counters):
@@ -263,24 +294,3 @@ def _read(counters):
 def _all_finite(tensors):
     with torch.no_grad():
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
-def _write_outputs(job, folder, log, epoch, rows):
-    # metrics.csv last: when it holds the epoch, so does every other output (see stored_run.verify).
-    folder.write_bytes("curves.png", visualize.curves_png(rows, job.metric))
-    log.scalars(epoch, rows[-1])
-    job.write_outputs(folder, log, epoch, rows)
-    folder.write_metrics(rows, metric_fields(job.metric))
-
-
-def evaluate(model, batches, criterion, sum_over_ranks=None, device="cpu"):
-    """(mean loss, accuracy in %) of ``model`` in eval mode over ``batches`` (over every rank's
-    batches, with ``sum_over_ranks``)."""
-    model.eval()
-    meter = Meter(device=device)
-    with torch.no_grad():
-        for x, y in batches:
-            logits = model(x)
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            meter.add(criterion(logits, y), logits, y)
-    return meter.means(sum_over_ranks)

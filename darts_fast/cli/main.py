@@ -207,6 +207,11 @@ def _parse_saved(command_parser, saved, where):
                 argv += [action.option_strings[0 if value else 1]]
             else:
                 argv += [action.option_strings[0]] if value else []
+        elif isinstance(value, list) and action.nargs not in (None, "?"):  # N values
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise UsageError(f"config.json in {where!r}: {name} must be a list of numbers, "
+                                 f"got {value!r}")
+            argv += [action.option_strings[0], *map(str, value)]
         elif value is not None:
             if isinstance(value, (dict, list, bool)):
                 raise UsageError(f"config.json in {where!r}: {name} has the wrong type "

@@ -162,6 +162,11 @@ class RunLog:
     def info(self, message):
         self.logger.info(message)
 
+    def rewind(self, first_step):
+        """TensorBoard drops the events from ``first_step`` on (a run rolled back)."""
+        self.events.close()
+        self.events = SummaryWriter(self.events.log_dir, purge_step=first_step)
+
     def to_file(self, message):
         """A line in the log file alone: one that its caller prints itself."""
         self.file.handle(self.logger.makeRecord(self.logger.name, logging.INFO, "", 0, message,
@@ -179,3 +184,16 @@ class RunLog:
         for handler in list(self.logger.handlers):
             self.logger.removeHandler(handler)
             handler.close()
+
+
+def evaluate(model, batches, criterion, sum_over_ranks=None, device="cpu"):
+    """(mean loss, accuracy in %) of ``model`` in eval mode over ``batches`` (over every rank's
+    batches, with ``sum_over_ranks``)."""
+    model.eval()
+    meter = Meter(device=device)
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            meter.add(criterion(logits, y), logits, y)
+    return meter.means(sum_over_ranks)

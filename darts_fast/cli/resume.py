@@ -118,7 +118,7 @@ def restore(job, state):
         raise RunDirError(f"the checkpoint does not fit the model its configuration builds "
                           f"({first_line(e)}); refusing to resume") from None
     if job.scheduler is not None:
-        _stretch_schedule(job.scheduler, job.options.epochs)
+        _stretch_schedule(job.scheduler, job.schedule_epochs())
     ranks = job.ranks
     if ranks.distributed:
         with torch.no_grad():

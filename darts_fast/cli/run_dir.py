@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import time
@@ -149,11 +150,47 @@ class RunDir:
             checkpoint.serialize(state, f)
         self.checkpoint_epoch = state["epoch"]
 
+    def keep_epoch_checkpoint(self, epoch, window):
+        """checkpoint.pt, just written, also as ``checkpoint_epoch_NNN.pt`` (a hard link where
+        the file system has them); the copies of epochs ``window`` or more before it removed."""
+        name, tmp = _epoch_checkpoint(epoch), self.file(f".epoch{_TMP_MARK}{os.getpid()}")
+        try:
+            os.link(self.file(CHECKPOINT), tmp)
+        except OSError:
+            shutil.copyfile(self.file(CHECKPOINT), tmp)
+        os.replace(tmp, self.file(name))
+        for old in os.listdir(self.path):
+            kept = _EPOCH_CHECKPOINT.fullmatch(old)
+            if kept and int(kept[1]) <= epoch - window:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.file(old))
+
+    def load_epoch_checkpoint(self, epoch):
+        """The state ``keep_epoch_checkpoint`` kept of ``epoch``, checked to be this run's."""
+        name = _epoch_checkpoint(epoch)
+        try:
+            state = checkpoint.load(self.file(name))
+        except (checkpoint.CheckpointError, FileNotFoundError) as e:
+            raise RunDirError(f"cannot roll back to epoch {epoch}: {name} in {self.path!r} "
+                              f"cannot be read ({e})") from None
+        if not isinstance(state, dict) or state.get("run_id") != self.config["run_id"] or \
+                state.get("epoch") != epoch:
+            raise RunDirError(f"cannot roll back to epoch {epoch}: {name} in {self.path!r} is "
+                              f"not this run's checkpoint of that epoch")
+        return state
+
     def _survivors(self):
         if self.checkpoint_epoch:
             return (f"The checkpoint of epoch {self.checkpoint_epoch} is intact: "
                     f"--resume {shlex.quote(self.path)} continues from it")
         return "No epoch had been checkpointed yet"
+
+
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch_(\d+)\.pt")
+
+
+def _epoch_checkpoint(epoch):
+    return f"checkpoint_epoch_{epoch:03d}.pt"
 
 
 def hold(path):

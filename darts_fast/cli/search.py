@@ -18,8 +18,7 @@ from ..search.architect import Architect
 from ..search.distributed import check_identical
 from ..search.step import CaptureError, SearchStep
 from ..search.sync_batch_norm import SyncBatchNorm2d
-from ..spaces.cnn.genotypes import genotype_text
-from . import architecture_outputs, cifar10, datasets, loaders, loop, runtime
+from . import architecture_outputs, cifar10, datasets, guards, loaders, loop, runtime
 from . import ranks as ranks_
 from . import search_options, search_state
 from .errors import Diverged, UsageError
@@ -28,26 +27,7 @@ def run(options):
     if not kernels.has_ops():  # before the run folder is touched
         raise UsageError(str(kernels.unavailable("darts-fast search")))
     method = methods.get(options.method)
-    search_options.check_architecture_steps(options, method)
-    if options.reference and method.networks()[1] is None:
-        raise UsageError(f"--reference: {method.name} has no formulation of its authors to run")
-    if options.reference and options.hessian == "exact":
-        raise UsageError("--hessian exact is a darts_fast option; the --reference algorithm has "
-                         "only the original finite difference")
-    if options.reference and options.primitives is not None:
-        raise UsageError("--primitives is a darts_fast option; the --reference algorithm "
-                         "searches its authors' candidates")
-    if options.reference and options.recompute:
-        raise UsageError("--recompute is a darts_fast option; the --reference algorithm stores "
-                         "every candidate's output")
-    if ranks_.under_torchrun() and options.reference:
-        raise UsageError("--reference runs in one process; the original architect cannot "
-                         "average its gradients over torchrun's ranks")
-    if ranks_.under_torchrun() and method.one_process:
-        raise UsageError(f"--method {method.name} runs in one process: {method.one_process}")
-    if options.sync_batch_norm and not ranks_.under_torchrun():
-        raise UsageError("--sync_batch_norm takes BatchNorm statistics over the processes of a "
-                         "torchrun search; one process has them already")
+    search_options.check_search(options, method, ranks_.under_torchrun())
     images, labels = datasets.search_data(options)
     split = datasets.split_point(len(labels), options.train_portion)
     if split < 1 or split >= len(labels):
@@ -62,55 +42,14 @@ def run(options):
 
 def _job(options, method, images, labels, split, ranks, device):
     runtime.seed_everything(options.seed)  # the same seed everywhere: the same model on every rank
-    network = method.networks()[options.reference]
-    architect = reference.Architect if options.reference else Architect
-    criterion = nn.CrossEntropyLoss()
-    built = {"recompute": options.recompute, **method.network_options(options)}
-    if options.primitives is not None:
-        built["primitives"] = options.primitives.split(",")
-    if options.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
-        built["fold_batch_norm"] = False
-    try:
-        model = network(options.init_channels, cifar10.NUM_CLASSES, options.layers, criterion,
-                        **built).to(device)
-    except ValueError as e:  # options the network refuses (a candidate that cannot take them)
-        raise UsageError(str(e)) from None
-    if options.sync_batch_norm:
-        model = SyncBatchNorm2d.convert(model)
-    stepped = model
-    if ranks.distributed:
-        # The network's channels_last activations give some filter gradients other strides than
-        # the filters' (mostly in size-1 dimensions): DDP copies those into its buckets.
-        warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
-        with warnings.catch_warnings():
-            # Its successor, forward_sync_buffers, would also copy rank 0's buffers at start.
-            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-            stepped = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device] if device.type == "cuda" else None,
-                broadcast_buffers=False)  # the BatchNorm statistics stay the ranks' own
-        runtime.seed_everything(ranks.derived_seed(options.seed))  # each rank its augmentations
-    optimizer = torch.optim.SGD(model.parameters(), options.learning_rate,
-                                momentum=options.momentum, weight_decay=options.weight_decay,
-                                nesterov=options.nesterov)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, options.epochs, eta_min=options.learning_rate_min)
-    architect = architect(model, options) if options.reference else \
-        architect(stepped, options, hessian=options.hessian)
-    # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
-    graph = device.type == "cuda" and not options.no_cuda_graph and not ranks.distributed \
-        and getattr(model, "capturable", True)
-    if options.reference and graph:
-        raise UsageError("the --reference architect rebuilds its model every step and cannot "
-                         "be captured into a CUDA graph; add --no_cuda_graph")
-    job = SearchJob(options, model, optimizer, scheduler, criterion, device, ranks)
+    job = SearchJob(options, None, None, None, nn.CrossEntropyLoss(), device, ranks)
     job.method = method
-    job.architect = architect
+    job.stage_epochs = options.epochs // method.stages(options)
+    job.stage, job.stage_network = 0, method.stage_network(0, options, None)
+    model = job.build_network()
+    job.guards = guards.Guards(options, model, ranks)
+    job.start(model)
     job.split_images = (split, len(labels) - split)
-    job.search_step = SearchStep(stepped, architect, optimizer, criterion, options.grad_clip,
-                                 options.unrolled, cuda_graph=graph,
-                                 weights_first=method.weights_first)
-    job.weight_step = SearchStep(stepped, None, optimizer, criterion, options.grad_clip,
-                                 cuda_graph=graph) if options.arch_start_epoch else None
     # The original draws validation batches from the training set, with the training transform.
     job.train_loader = loaders.loader(options, images, labels, range(split), device, True, True,
                                       ranks)
@@ -119,32 +58,108 @@ def _job(options, method, images, labels, split, ranks, device):
     return job
 
 
-def _epochs_text(first, last):
-    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
-
-
 class SearchJob(loop.Job):
+    """A search through the method's stages (one network each; one stage for most methods)."""
+
     command = "search"
     finished = "search finished"
 
+    def build_network(self):
+        """The network of the current stage, on the device."""
+        o, method = self.options, self.method
+        built = {"recompute": o.recompute, **method.network_options(o), **self.stage_network}
+        layers = built.pop("layers", o.layers)
+        if o.primitives is not None:
+            built["primitives"] = o.primitives.split(",")
+        if o.sync_batch_norm:  # a folded BatchNorm takes its statistics inside the fused op
+            built["fold_batch_norm"] = False
+        if o.aux_skip is not None:
+            built["auxiliary_skip"] = True
+        try:
+            model = method.networks()[o.reference](o.init_channels, cifar10.NUM_CLASSES, layers,
+                                                   self.criterion, **built).to(self.device)
+        except ValueError as e:  # options the network refuses (a candidate that cannot take them)
+            raise UsageError(str(e)) from None
+        return SyncBatchNorm2d.convert(model) if o.sync_batch_norm else model
+
+    def start(self, model):
+        """Searches ``model`` from now on: its weights' optimizer and schedule (over a stage),
+        its architect and its steps."""
+        o, ranks, device = self.options, self.ranks, self.device
+        stepped = model
+        if ranks.distributed:
+            # The network's channels_last activations give some filter gradients other strides
+            # than the filters' (mostly in size-1 dimensions): DDP copies those into its buckets.
+            warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
+            with warnings.catch_warnings():
+                # Its successor, forward_sync_buffers, would also copy rank 0's buffers at start.
+                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated",
+                                        FutureWarning)
+                stepped = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device] if device.type == "cuda" else None,
+                    broadcast_buffers=False)  # the BatchNorm statistics stay the ranks' own
+            runtime.seed_everything(ranks.derived_seed(o.seed))  # each rank its augmentations
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), o.learning_rate,
+                                         momentum=o.momentum, weight_decay=o.weight_decay,
+                                         nesterov=o.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, self.stage_epochs, eta_min=o.learning_rate_min)
+        self.architect = reference.Architect(model, o) if o.reference else Architect(
+            stepped, o, hessian=o.hessian, **self.method.architect_options(o))
+        # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
+        graph = device.type == "cuda" and not o.no_cuda_graph and not ranks.distributed \
+            and getattr(model, "capturable", True)
+        if o.reference and graph:
+            raise UsageError("the --reference architect rebuilds its model every step and "
+                             "cannot be captured into a CUDA graph; add --no_cuda_graph")
+        self.guards.model = model
+        noise = self.guards.noise
+        self.search_step = SearchStep(stepped, self.architect, self.optimizer, self.criterion,
+                                      o.grad_clip, o.unrolled, cuda_graph=graph,
+                                      weights_first=self.method.weights_first,
+                                      weight_context=noise)
+        self.weight_step = None  # made by begin_epoch for the epochs of weight steps alone
+        self._stepped, self._graph = stepped, graph
+
+    def _new_weight_step(self):
+        return SearchStep(self._stepped, None, self.optimizer, self.criterion,
+                          self.options.grad_clip, cuda_graph=self._graph,
+                          weight_context=self.guards.noise)
+
+    def schedule_epochs(self):
+        return self.stage_epochs
+
     def begin_epoch(self, epoch):
         o = self.options
+        if epoch // self.stage_epochs != self.stage:  # a new stage: a new network
+            self.stage = epoch // self.stage_epochs
+            self.stage_network = self.method.stage_network(self.stage, o, self.model)
+            self.start(self.build_network())
         self.method.begin_epoch(self.model, epoch, o)
-        if epoch >= o.arch_start_epoch:
+        self.guards.begin_epoch(epoch)
+        if epoch % self.stage_epochs < o.arch_start_epoch:  # after a rollback to them too
+            self.weight_step = self.weight_step or self._new_weight_step()
+        else:
             # Its saved state (and on CUDA its captured graph's memory pool) is not needed again.
             self.weight_step = None
+        # A graph keeps the module settings (P-DARTS' dropout) and the optimizer state (a
+        # rollback's) of its capture: captured again each epoch, as a new rate does anyway.
+        for step in (self.search_step, self.weight_step):
+            if step is not None:
+                step.release_graphs()
 
     def steps_per_epoch(self):
         return len(self.train_loader)
 
     def batches(self):
         if self.options.original_valid_sampling:
-            for x, y in self.train_loader:
-                yield x, y, *next(iter(self.valid_loader))
+            valid = (next(iter(self.valid_loader)) for _ in iter(int, 1))
         else:
             valid = loaders.endless(self.valid_loader)
-            for x, y in self.train_loader:
-                yield x, y, *next(valid)
+        for x, y in self.train_loader:
+            self.last_valid = next(valid)  # the guards' Hessian is taken on the last one
+            yield x, y, *self.last_valid
 
     def step(self, batch, lr):
         # Epoch e uses the cosine rate of epoch e, as the original did on the PyTorch it was
@@ -169,13 +184,56 @@ class SearchJob(loop.Job):
     def eval_batches(self):
         return self.valid_loader
 
+    def after_validation(self, epoch):
+        self.guards.end_epoch(epoch, self.last_valid)
+
+    def stop_reason(self):
+        return self.guards.stop_reason()
+
+    def rollback_epoch(self):
+        return self.guards.rollback
+
+    def carried_over(self):
+        return self.guards.ada
+
+    def rolled_back(self, carried):
+        message = self.guards.rolled_back(carried)
+        self._take_weight_decay()
+        return message
+
+    def epoch_checkpoints(self):
+        return guards.ROLLBACK_WINDOW if self.guards.ada else 0
+
+    def _take_weight_decay(self):
+        """DARTS-ADA's weight decay of the weights, in their optimizer and the virtual step."""
+        weight_decay = self.guards.ada["weight_decay"]
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = weight_decay
+        self.architect.network_weight_decay = weight_decay
+
+    def epoch_text(self):
+        stages = self.options.epochs // self.stage_epochs
+        return self.guards.log_text() + (f" | stage {self.stage + 1}/{stages}"
+                                         if stages > 1 else "")
+
     def extra_state(self):
         shards = [loader.shards for loader in (self.train_loader, self.valid_loader)]
         return {**search_state.save(self.model, self.architect),
+                "guards": self.guards.state_dict(),
+                "stage": self.stage, "stage_network": self.stage_network,
                 **({"loader_passes": [s.passes for s in shards]} if shards[0] is not None else {})}
+
+    def prepare_restore(self, state):
+        if state.get("stage", 0) != self.stage:  # the checkpoint is of a later stage's network
+            self.stage, self.stage_network = state["stage"], state["stage_network"]
+            self.start(self.build_network())
 
     def restore_extra(self, state):
         search_state.restore(self.model, self.architect, state)
+        if "guards" in state:  # runs of earlier versions kept no history
+            self.guards.load_state_dict(state["guards"])
+        if self.guards.ada:
+            self._take_weight_decay()
         if self.ranks.distributed:
             for loader, passes in zip((self.train_loader, self.valid_loader),
                                       state["loader_passes"]):
@@ -195,7 +253,14 @@ class SearchJob(loop.Job):
                                f"rank 0 at epoch {epoch})") from None
 
     def write_outputs(self, run, log, epoch, rows):
-        architecture_outputs.write(run, log, epoch, self.model)
+        kept = self.guards.kept()
+        final = self.method.final_genotypes(self.model, self.options) \
+            if epoch >= self.options.epochs else None
+        if final is not None:
+            kept = (epoch, final[0])
+            architecture_outputs.write_named(run, final[1])
+        architecture_outputs.write(run, log, epoch, self.model, kept=kept)
+        self.guards.write(run, log, epoch)
 
     def describe(self):
         o, ranks = self.options, self.ranks
@@ -204,28 +269,17 @@ class SearchJob(loop.Job):
                  f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
                  if ranks.distributed else f"{self.device}")
         method = " ".join(filter(None, (self.method.name, self.method.describe(o))))
+        steps = search_options.architecture_steps_text(o, self.stage_epochs,
+                                                       len(self.train_loader))
         return (f"{'reference' if o.reference else 'fused'} {order}-order {method} search on "
-                f"{where}{self._architecture_steps()}, "
+                f"{where}{steps}, "
                 f"{o.dataset} data ({len(self.train_loader)} + {len(self.valid_loader)} batches "
                 f"{loaders.batches_of(o.batch_size, self.split_images, ranks)}), "
                 f"{o.loader} loader")
 
-    def _architecture_steps(self):
-        """Which epochs and how many steps update the alphas, when weight steps alone come
-        first (fewer than --epochs suggests)."""
-        o = self.options
-        if not o.arch_start_epoch:
-            return ""
-        epochs = o.epochs - o.arch_start_epoch
-        steps = epochs * len(self.train_loader)
-        stop = (f" (--stop_after_epoch {o.stop_after_epoch} stops before the first)"
-                if o.stop_after_epoch and o.stop_after_epoch <= o.arch_start_epoch else "")
-        return (f", weight steps alone in {_epochs_text(1, o.arch_start_epoch)}: only "
-                f"{_epochs_text(o.arch_start_epoch + 1, o.epochs)} update the alphas ({epochs} "
-                f"of {o.epochs} epochs, {steps} architecture step{'s' if steps > 1 else ''}){stop}")
-
     def output_lines(self, run):
         return [f"genotype:  {run.file('genotype.json')} (and genotype.txt: "
-                f"{genotype_text(self.model.genotype())})",
+                f"{architecture_outputs.kept_text(run, self.model)})",
                 f"pictures:  {run.file('normal.png')}, {run.file('reduction.png')}, "
-                f"{run.file('alphas.png')}, {run.file('curves.png')}"]
+                f"{run.file('alphas.png')}, {run.file('curves.png')}, "
+                f"{run.file('collapse.png')}"]

@@ -4,6 +4,7 @@ import argparse
 
 from .. import methods as methods_
 from ..spaces.cnn.genotypes import PRIMITIVES, check_primitives
+from . import guards
 from . import options as kinds
 from .errors import UsageError
 from .options import (common_options, hessian_option, non_negative, non_negative_int, portion,
@@ -73,6 +74,7 @@ def add_search_options(s):
     s.add_argument("--dist_timeout", type=positive_int, default=900, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others in one operation "
                         "before the run stops with an error (default %(default)s)")
+    guards.add_guard_options(s, kinds)
     s.add_argument("--original_valid_sampling", action="store_true",
                    help="draw each step's validation batch from a new iterator, as the original "
                         "does (default: one iterator per epoch, every validation image once)")
@@ -121,6 +123,41 @@ def resolve_method(options):
         raise UsageError(str(e)) from None
 
 
+def check_search(options, method, torchrun):
+    """Refuses a search (new or resumed) that cannot run as its options say; ``torchrun``:
+    whether it runs under torchrun."""
+    check_architecture_steps(options, method)
+    try:  # again on --resume, whose resumable options may have changed
+        method.check(options)
+    except methods_.MethodOptionError as e:
+        raise UsageError(str(e)) from None
+    guards.check(options, method, torchrun)
+    stored = (options.saved_config or {}).get("options", {}).get("epochs", options.epochs)
+    if method.stages(options) > 1 and options.epochs != stored:
+        raise UsageError(f"--epochs {options.epochs}: the run's {method.stages(options)} stages "
+                         f"are {stored // method.stages(options)} epochs each; resume it with "
+                         f"its --epochs {stored}")
+    if options.reference and method.networks()[1] is None:
+        raise UsageError(f"--reference: {method.name} has no formulation of its authors to run")
+    if options.reference and options.hessian == "exact":
+        raise UsageError("--hessian exact is a darts_fast option; the --reference algorithm has "
+                         "only the original finite difference")
+    if options.reference and options.primitives is not None:
+        raise UsageError("--primitives is a darts_fast option; the --reference algorithm "
+                         "searches its authors' candidates")
+    if options.reference and options.recompute:
+        raise UsageError("--recompute is a darts_fast option; the --reference algorithm stores "
+                         "every candidate's output")
+    if torchrun and options.reference:
+        raise UsageError("--reference runs in one process; the original architect cannot "
+                         "average its gradients over torchrun's ranks")
+    if torchrun and method.one_process:
+        raise UsageError(f"--method {method.name} runs in one process: {method.one_process}")
+    if options.sync_batch_norm and not torchrun:
+        raise UsageError("--sync_batch_norm takes BatchNorm statistics over the processes of a "
+                         "torchrun search; one process has them already")
+
+
 def check_architecture_steps(options, method):
     """Refuses a search (new, or resumed with other --epochs) that would end before its first
     architecture step: its genotype would be read from the alphas as initialised, at random."""
@@ -134,6 +171,28 @@ def check_architecture_steps(options, method):
     raise UsageError(f"--arch_start_epoch {start}{default} with --epochs {epochs}: the run would "
                      f"end before its first architecture step, and the genotype would be read "
                      f"from the alphas' random initial values; give {fix}")
+
+
+def architecture_steps_text(options, stage_epochs, steps_per_epoch):
+    """The banner's words on which epochs and how many steps update the alphas, when weight
+    steps alone come first (fewer than --epochs suggests)."""
+    o = options
+    if not o.arch_start_epoch:
+        return ""
+    if stage_epochs < o.epochs:
+        return (f", weight steps alone in the first {o.arch_start_epoch} "
+                f"epoch{'s' if o.arch_start_epoch > 1 else ''} of each stage")
+    epochs = o.epochs - o.arch_start_epoch
+    steps = epochs * steps_per_epoch
+    stop = (f" (--stop_after_epoch {o.stop_after_epoch} stops before the first)"
+            if o.stop_after_epoch and o.stop_after_epoch <= o.arch_start_epoch else "")
+    return (f", weight steps alone in {_epochs_text(1, o.arch_start_epoch)}: only "
+            f"{_epochs_text(o.arch_start_epoch + 1, o.epochs)} update the alphas ({epochs} "
+            f"of {o.epochs} epochs, {steps} architecture step{'s' if steps > 1 else ''}){stop}")
+
+
+def _epochs_text(first, last):
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def _method_defaults(name, registered):
@@ -151,6 +210,8 @@ def _method_defaults(name, registered):
 def _value_text(value):
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_value_text(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -21,7 +21,9 @@ NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config"
               "allow_thread_change")
 # Options that came after runs were made, with the value that a run whose config.json and
 # checkpoint lack them ran with (threads: unknown): the runs of earlier versions resume.
-ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None, "space": "cnn"}
+ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None, "space": "cnn",
+               "hessian_eigenvalue": False, "early_stop": None, "alpha_noise": None,
+               "aux_skip": None, "aux_skip_decay": None, "adaptive_regularisation": False}
 
 
 def stored_option(options, name, absent=None):

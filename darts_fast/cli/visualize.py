@@ -254,3 +254,41 @@ def _recurrent_alphas_figure(edges, candidates):
     ax.set_ylabel("edge (state -> node)")
     fig.colorbar(image, ax=ax, fraction=0.08)
     return fig, image
+
+
+def collapse_png(history):
+    """The skip-connections of each cell's genotype per epoch and, where it was computed, the
+    dominant Hessian eigenvalue (``guards.Guards.history`` rows)."""
+    fig, ax, twin, lines = _collapse_figure()
+    epochs = [row["epoch"] for row in history]
+    for cell in ("normal", "reduce"):
+        lines[cell].set_data(epochs, [row[f"skips_{cell}"] for row in history])
+    shown = [row for row in history if row.get("eigenvalue") is not None]
+    lines["eigenvalue"].set_data([row["epoch"] for row in shown],
+                                 [row["eigenvalue"] for row in shown])
+    twin.set_visible(bool(shown))
+    for axis in (ax, twin):
+        axis.relim()
+        axis.autoscale_view()
+    legend = [lines["normal"], lines["reduce"], *([lines["eigenvalue"]] if shown else [])]
+    ax.legend(legend, [line.get_label() for line in legend], loc="upper left")
+    return _png(fig)
+
+
+@functools.lru_cache(maxsize=1)
+def _collapse_figure():
+    fig = _figure((7, 3.5))
+    fig.subplots_adjust(left=0.09, right=0.9, bottom=0.14, top=0.97)
+    ax = fig.subplots()
+    twin = ax.twinx()
+    lines = {cell: ax.plot([], [], marker="o", label=f"skip-connections, {cell} cell")[0]
+             for cell in ("normal", "reduce")}
+    lines["eigenvalue"], = twin.plot([], [], color="tab:red", marker=".",
+                                     label="dominant Hessian eigenvalue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("skip-connections in the genotype")
+    twin.set_ylabel("eigenvalue")
+    for axis in (ax.yaxis, ax.xaxis):
+        axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    return fig, ax, twin, lines

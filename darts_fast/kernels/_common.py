@@ -90,6 +90,18 @@ def register_autograd(name, backward, setup_context, backward_op):
                                         setup_context=setup_context)
 
 
+def composite_grads(composite, inputs, needs, grad):
+    """The gradients of ``composite(*inputs)`` with respect to each input where ``needs`` says
+    so (None elsewhere), as differentiable tensors: a backward that ``create_graph=True`` can
+    differentiate again. Each input enters through an alias of its own, so that an input computed
+    from another (the identity candidate's output is the input of the others) gets its partial
+    derivative only, not the path through the other input as well."""
+    aliases = [t.view_as(t) for t in inputs]
+    targets = [a for a, need in zip(aliases, needs) if need]
+    found = iter(torch.autograd.grad(composite(*aliases), targets, grad, create_graph=True))
+    return [next(found) if need else None for need in needs]
+
+
 def check_one_device(op, named_tensors):
     """Every tensor on the first one's device. The dispatcher picks one kernel for a call whose
     tensors sit on several devices (a meta tensor among CPU tensors runs the fake kernel, for

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._common import (check_one_device, dense_layout, ops, register_autograd, register_fake,
-                      requires, statistics_dtype)
+from ._common import (check_one_device, composite_grads, dense_layout, ops, register_autograd,
+                      register_fake, requires, statistics_dtype)
 
 
 @requires("batch_norm_weighted_sum", "batch_norm_weighted_sum_backward")
@@ -183,16 +183,13 @@ def _batch_norm_weighted_sum_backward(ctx, grad, *_stats_grads):
             scale = weights.view(-1, 1) * invstd.to(weights.dtype)
             return result([scale[k].view(1, -1, 1, 1).to(grad.dtype) * grad if need else None
                            for k, need in enumerate(ys_need_grad)], None, grad_rest)
-        targets = [y for y, need in zip(ys, ys_need_grad) if need]
-        if weights_need_grad:
-            targets.append(weights)
-        if not targets:
+        if not any(ys_need_grad) and not weights_need_grad:
             return result([None] * ctx.num_ys, None, grad_rest)
-        out = _batch_norm_weighted_sum_composite(ys, weights, mean, invstd, ctx.batch_stats,
-                                                 ctx.eps)
-        found = iter(torch.autograd.grad(out, targets, grad, create_graph=True))
-        grad_ys = [next(found) if need else None for need in ys_need_grad]
-        return result(grad_ys, next(found) if weights_need_grad else None, grad_rest)
+        grad_weights, *grad_ys = composite_grads(
+            lambda weights, *ys: _batch_norm_weighted_sum_composite(
+                ys, weights, mean, invstd, ctx.batch_stats, ctx.eps),
+            [weights, *ys], [weights_need_grad, *ys_need_grad], grad)
+        return result(grad_ys, grad_weights, grad_rest)
     if ctx.keeps_ys:
         ys_arg = ys
     else:  # then only the shapes and the layout of the ys are read

@@ -24,7 +24,8 @@ it computes the activations again. Schemas in ``csrc/ops.cpp``, kernels in
 """
 import torch
 
-from ._common import check_one_device, ops, register_autograd, register_fake, requires
+from ._common import (check_one_device, composite_grads, ops, register_autograd, register_fake,
+                      requires)
 
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")  # the column order of probs
 
@@ -101,10 +102,7 @@ def _rnn_node_backward(ctx, grad):
     needs = [bool(need) for need in ctx.needs_input_grad]
     if torch.is_grad_enabled():
         # create_graph=True: a backward that its own backward can differentiate.
-        targets = [t for t, need in zip((states, ch, probs), needs) if need]
-        found = iter(torch.autograd.grad(_rnn_node_composite(states, ch, probs), targets, grad,
-                                         create_graph=True))
-        return tuple(next(found) if need else None for need in needs)
+        return tuple(composite_grads(_rnn_node_composite, (states, ch, probs), needs, grad))
     grads = ops.rnn_node_backward(grad, states, ch, probs, needs)
     return tuple(g if need else None for g, need in zip(grads, needs))
 

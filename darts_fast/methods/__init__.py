@@ -1,6 +1,7 @@
-"""Search methods, one module each, registered by name (``registry``): DARTS, PC-DARTS, GDAS.
+"""Search methods, one module each, registered by name (``registry``): DARTS, PC-DARTS, GDAS,
+P-DARTS.
 Adding one is a module with its network and a registered ``registry.Method``."""
-from . import darts, gdas, pc_darts  # noqa: F401  (each registers its method)
+from . import darts, gdas, pc_darts, pdarts  # noqa: F401  (each registers its method)
 from .registry import Method, MethodOptionError, get, methods, register, unregister
 
 __all__ = ["Method", "MethodOptionError", "get", "methods", "register", "unregister"]

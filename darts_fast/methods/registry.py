@@ -45,6 +45,27 @@ class Method:
         """Sets what the method changes per epoch, from the epoch alone (a resumed run needs
         nothing saved)."""
 
+    def architect_options(self, options):
+        """Keyword arguments of the architect beyond the shared ones (``grad_clip``, say)."""
+        return {}
+
+    def stages(self, options):
+        """How many networks the search runs through, one after the other, each for an equal
+        share of ``--epochs`` with its own optimizers and schedule (P-DARTS: 3)."""
+        return 1
+
+    def stage_network(self, stage, options, previous):
+        """Network keyword arguments for stage ``stage`` beyond ``network_options`` (``layers``
+        among them overrides ``--layers``), read from ``previous``, the last stage's network
+        (None for the first stage). Plain values: a checkpoint keeps them."""
+        return {}
+
+    def final_genotypes(self, model, options):
+        """After the last epoch: ``(kept, [(name, genotype), ...])``, the genotype the search
+        keeps and the others it names (P-DARTS' skip caps); None where the network's own
+        genotype is the result."""
+        return None
+
     def describe(self, options):
         """The banner's words on the method, after its name ('' for none)."""
         return ""

@@ -2,7 +2,8 @@
 them, in plain PyTorch: the test oracle and the benchmark baseline.
 
 Each method's mixed op, cell, network and genotype rule is written here from its authors' code
-(``darts``: quark0/darts; ``pc_darts``: yuhuixu1993/PC-DARTS; ``gdas``: D-X-Y/AutoDL-Projects),
+(``darts``: quark0/darts; ``pc_darts``: yuhuixu1993/PC-DARTS; ``gdas``: D-X-Y/AutoDL-Projects;
+``pdarts``: chenxin061/pdarts, with its stage bookkeeping),
 sharing with darts_fast only the leaf candidate operations (``spaces.cnn.operations``), the
 genotype names (``spaces.cnn.genotypes``) and the outputs' table type
 (``spaces.cnn.architecture.ArchitectureTable``), so that the fused networks are tested against
@@ -17,8 +18,10 @@ from .architect import Architect
 from .darts import MixedOp, Network
 from .gdas import GDASNetwork
 from .pc_darts import PartialChannelMixedOp, PCNetwork
+from .pdarts import PDARTSCell, PDARTSMixedOp, PDARTSNetwork
 from .rnn import DARTSCell, DARTSCellSearch, RNNModel, RNNModelSearch
 from .rnn_architect import RNNArchitect
 
 __all__ = ["Architect", "DARTSCell", "DARTSCellSearch", "GDASNetwork", "MixedOp", "Network",
-           "PCNetwork", "PartialChannelMixedOp", "RNNArchitect", "RNNModel", "RNNModelSearch"]
+           "PCNetwork", "PDARTSCell", "PDARTSMixedOp", "PDARTSNetwork", "PartialChannelMixedOp",
+           "RNNArchitect", "RNNModel", "RNNModelSearch"]

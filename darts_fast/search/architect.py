@@ -2,9 +2,8 @@ r"""The fused DARTS architect, a drop-in for the original ``Architect(model, arg
 
 Every loss below is ``loss_fn(model, batch)``, by default the original's ``model._loss(*batch)``
 on the batches ``(input, target)`` of ``step``. ``step_batches`` takes whole batches of any
-structure (the recurrent cell's ``(hidden, input, target)`` with a ``loss_fn`` that returns its
-loss alone, a dict, nestings of these): :math:`L_{train}` is the loss on ``train_batch``,
-:math:`L_{val}` on ``valid_batch``.
+structure (the recurrent cell's ``(hidden, input, target)``, a dict, nestings of these):
+:math:`L_{train}` is the loss on ``train_batch``, :math:`L_{val}` on ``valid_batch``.
 
 Second order (``unrolled=True``), with :math:`w` the weights, :math:`\alpha` the architecture,
 :math:`\mu` = ``args.momentum``, ``wd`` = ``args.weight_decay`` and ``buf`` the SGD momentum
@@ -51,7 +50,8 @@ step.
 ``hessian="exact"`` replaces the finite difference by the exact mixed second derivative
 :math:`\nabla^2_{\alpha, w} L_{train}(w, \alpha)\, v` (double backward). It is a different result
 from the original: the finite difference does not converge across ReLU and max-pool kinks. In that
-mode the real model sees one training pass per step (at :math:`w`), not three.
+mode the real model sees one training pass per step (at :math:`w`), not three. ``grad_clip``
+scales the alpha gradient down to that norm before Adam's step (P-DARTS' architecture step).
 """
 import torch
 import torch.nn as nn
@@ -75,7 +75,7 @@ class Architect:
     adam_betas = (0.5, 0.999)
 
     def __init__(self, model, args, hessian="finite_difference", process_group=None,
-                 loss_fn=None):
+                 loss_fn=None, grad_clip=None):
         if isinstance(model, nn.parallel.DistributedDataParallel):
             # The passes go through the module itself: DDP reduces only what .backward()
             # accumulates, and the architect reduces its own gradients (see step).
@@ -102,8 +102,9 @@ class Architect:
             raise ValueError("Architect: model.arch_parameters() must return tensors that "
                              "require grad")
         arch_learning_rate, arch_weight_decay = self._read_args(args)
-        self.model = model
-        self.hessian = hessian
+        if grad_clip is not None and not grad_clip >= 0:
+            raise ValueError(f"Architect: grad_clip must be >= 0 or None, got {grad_clip!r}")
+        self.model, self.hessian, self.grad_clip = model, hessian, grad_clip
         self.process_group = process_group
         self.loss_fn = self.default_loss_fn if loss_fn is None else loss_fn
         self.optimizer = torch.optim.Adam(
@@ -176,6 +177,8 @@ class Architect:
         # of reduction cells) keeps no gradient, and Adam leaves it alone, as in the original.
         for alpha, grad in zip(alphas, grads):
             alpha.grad = grad
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_([a for a in alphas if a.grad is not None], self.grad_clip)
         targets, saved, self._saved_adam = adam_step(self.optimizer, alphas, self._saved_adam)
         with torch.no_grad():
             kernels.multi_tensor_revert_(buffers + targets, self._saved_buffers + saved, finite)
@@ -279,10 +282,9 @@ def _check_batch(name, inputs, targets):
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise TypeError(f"Architect.step: input_{name} and target_{name} must be tensors")
     if inputs.dim() == 0 or targets.dim() == 0 or inputs.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"Architect.step: input_{name} and target_{name} must hold the same number of "
-            f"samples, got shapes {tuple(inputs.shape)} and {tuple(targets.shape)}"
-        )
+        raise ValueError(f"Architect.step: input_{name} and target_{name} must hold the same "
+                         f"number of samples, got shapes {tuple(inputs.shape)} and "
+                         f"{tuple(targets.shape)}")
 
 
 def _grad(outputs, inputs, grad_outputs=None):

@@ -15,7 +15,9 @@ becomes ``loss, logits = step(input_train, target_train, input_valid, target_val
 ``architect=None`` it is the weight step alone (PC-DARTS' first epochs, before the architecture
 steps begin); the validation batch is then not used. ``weights_first=True`` takes the weight step
 first and the architecture step after it, on the weights just updated (GDAS' order); the loss and
-logits returned are the weight step's either way.
+logits returned are the weight step's either way. ``weight_context``, a callable returning a
+context manager, is entered around the weight step's forward and backward passes (SDARTS' noise
+on the architecture weights, ``search.alpha_noise``).
 
 Batches of another structure (the recurrent cell's ``(hidden, input, target)``, a dict, nestings
 of these) go whole through ``step.step_batches(train_batch, valid_batch, lr)``: the weight step's
@@ -63,6 +65,8 @@ kept is agreed over the ranks (one all-reduce of a flag), so every rank keeps or
 BatchNorm running statistics stay per rank with ``broadcast_buffers=False``; DDP's default copies
 rank 0's at every forward.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
@@ -79,7 +83,8 @@ class CaptureError(RuntimeError):
 
 class SearchStep:
     def __init__(self, model, architect, optimizer, criterion=None, grad_clip=5.0, unrolled=True,
-                 cuda_graph=None, warmup=3, weights_first=False, loss_fn=None):
+                 cuda_graph=None, warmup=3, weights_first=False, loss_fn=None,
+                 weight_context=None):
         inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         if loss_fn is None:
             criterion = criterion if criterion is not None else getattr(inner, "_criterion", None)
@@ -113,6 +118,7 @@ class SearchStep:
             if isinstance(model, nn.parallel.DistributedDataParallel) else None
         self.loss_fn, self.grad_clip, self.unrolled = loss_fn, grad_clip, unrolled
         self.cuda_graph, self.warmup, self.weights_first = cuda_graph, warmup, weights_first
+        self.weight_context = weight_context or contextlib.nullcontext
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
         self._saved = None
         self._lr = torch.zeros((), dtype=torch.float64, device=device) if cuda_graph else None
@@ -136,6 +142,12 @@ class SearchStep:
                             f"unrolled), as darts_fast.Architect does; "
                             f"{type(self.architect).__name__} does not")
         return self._run((train_batch, valid_batch), lr, pairs=False)
+
+    def release_graphs(self):
+        """Drops the captured graphs: the next call captures again. For what a graph holds as
+        it was at its capture beside the rates: a module's Python settings (a dropout rate),
+        optimizer state replaced by ``load_state_dict``, another weight decay."""
+        self._graphs.clear()
 
     def _run(self, batches, lr, pairs):
         loss, output, self.architecture_output = self._outputs(batches, lr, pairs)
@@ -195,9 +207,10 @@ class SearchStep:
         changed = params + buffers + state_tensors(optimizer, params)
         self._saved = copy_into(self._saved, changed)
         optimizer.zero_grad()
-        loss, output = loss_and_output(self.loss_fn(model, batch),
-                                       "SearchStep: loss_fn(model, batch)")
-        loss.backward()
+        with self.weight_context():
+            loss, output = loss_and_output(self.loss_fn(model, batch),
+                                           "SearchStep: loss_fn(model, batch)")
+            loss.backward()
         with_grad = [p for p in model.parameters() if p.grad is not None]
         if self.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(with_grad, self.grad_clip)

@@ -18,6 +18,12 @@ buffers: the op reads their settings and updates their running statistics as
 those of the original. The max-pool candidate keeps no int64 indices for its backward pass
 (``darts_fast.layers.max_pool``).
 
+``auxiliary_skip=True`` adds DARTS-'s auxiliary skip-connection (Chu et al. 2021, "DARTS-:
+Robustly Stepping out of Performance Collapse Without Indicators"): ``auxiliary_op``, the identity
+(a ``FactorizedReduce`` at stride 2), built before the candidates as its authors do, and weighted
+by one more entry at the end of ``weights``, the coefficient beta, as one more term of the fused
+sum: ``sum_k w_k * op_k(x) + beta * auxiliary_op(x)``.
+
 ``recompute=True`` keeps only the op's input for the backward pass and computes the candidates
 again there (``torch.utils.checkpoint``): a mixed op then stores one tensor instead of the
 candidates' intermediates, for the cost of a second forward pass. The BatchNorm running statistics
@@ -37,23 +43,36 @@ from torch.utils.checkpoint import checkpoint
 from ...kernels import batch_norm_weighted_sum, statistics_dtype, weighted_sum
 from ...layers import max_pool
 from .genotypes import PRIMITIVES
-from .operations import Zero, candidate_ops
+from .operations import FactorizedReduce, Identity, Zero, candidate_ops
 
 
 class MixedOp(nn.Module):
     def __init__(self, C, stride, primitives=PRIMITIVES, recompute=False, fold_batch_norm=True,
-                 conv_bias=False, track_running_stats=True):
+                 conv_bias=False, track_running_stats=True, auxiliary_skip=False):
         super().__init__()
         self.recompute = recompute
         self.fold_batch_norm = fold_batch_norm
-        self._ops = candidate_ops(C, stride, primitives, conv_bias, track_running_stats)
+        if auxiliary_skip:
+            self.auxiliary_op = FactorizedReduce(
+                C, C, affine=False, conv_bias=conv_bias,
+                track_running_stats=track_running_stats) if stride == 2 else Identity()
+        self._ops = self._candidates(C, stride, primitives, conv_bias, track_running_stats)
         computed = [k for k, op in enumerate(self._ops) if not isinstance(op, Zero)]
         if not computed:
             raise ValueError("MixedOp: primitives must name at least one operation besides 'none'")
-        self._computed = computed
-        # Per candidate k: whether it starts from relu(x), how its BatchNorm folds.
-        self._from_relu = [hasattr(op, "forward_from_relu") for op in self._ops]
-        self._folds = [_fold_kind(op) for op in self._ops]
+        # The terms of the sum: the candidates, then the auxiliary skip (not a candidate: its
+        # weight is beta, not an alpha's).
+        self._terms = [*self._ops, *([self.auxiliary_op] if auxiliary_skip else [])]
+        self._auxiliary = [len(self._ops)] if auxiliary_skip else []
+        self._computed = computed + self._auxiliary
+        # Per term k: whether it starts from relu(x), how its BatchNorm folds.
+        self._from_relu = [hasattr(op, "forward_from_relu") for op in self._terms]
+        self._folds = [_fold_kind(op) for op in self._terms]
+
+    def _candidates(self, C, stride, primitives, conv_bias, track_running_stats):
+        """The candidate modules, in ``primitives`` order (a method's op may build them its own
+        way)."""
+        return candidate_ops(C, stride, primitives, conv_bias, track_running_stats)
 
     def forward(self, x, weights, active=None):
         r"""``sum_k weights[k] * op_k(x)`` over the candidates ``active`` names (Python ints, in
@@ -64,7 +83,7 @@ class MixedOp(nn.Module):
         if active is None:
             return self._run(self._mix, x, weight_rows(weights, self._computed), self._computed)
         active = self._check_active(active)
-        ks = [k for k in active if k in self._computed]
+        ks = [k for k in active if k in self._computed] + self._auxiliary
         if not ks:  # only 'none': a zero output, and zero gradients
             return self._ops[active[0]](x) * weights[active[0]]
         return self._run(self._mix, x, weight_rows(weights, ks), ks)
@@ -83,10 +102,11 @@ class MixedOp(nn.Module):
         return active
 
     def _check_weights(self, weights):
-        if weights.dim() != 1 or weights.shape[0] != len(self._ops):
+        if weights.dim() != 1 or weights.shape[0] != len(self._terms):
+            extra = " and the auxiliary skip's beta last" if self._auxiliary else ""
             raise ValueError(
-                f"MixedOp: weights must be 1-D with one entry per candidate operation "
-                f"({len(self._ops)}), got shape {tuple(weights.shape)}"
+                f"MixedOp: weights must be 1-D with one entry per candidate operation{extra} "
+                f"({len(self._terms)}), got shape {tuple(weights.shape)}"
             )
 
     def _run(self, mix, *args):
@@ -110,8 +130,8 @@ class MixedOp(nn.Module):
         relu_x = F.relu(x) if any(self._from_relu[k] for k in ks) else None
         if self.fold_batch_norm and any(self._folds[k] for k in ks):
             return self._mix_folded(x, relu_x, weights, ks, rest, groups)
-        outs = [self._ops[k].forward_from_relu(relu_x) if self._from_relu[k] else self._ops[k](x)
-                for k in ks]
+        outs = [self._terms[k].forward_from_relu(relu_x) if self._from_relu[k]
+                else self._terms[k](x) for k in ks]
         if rest is None:
             return weighted_sum(outs, weights)
         # Unnormalised candidates: batch_norm_weighted_sum with statistics 0 and 1, which is
@@ -123,7 +143,7 @@ class MixedOp(nn.Module):
     def _mix_folded(self, x, relu_x, weights, ks, rest, groups):
         ys, bns = [], []
         for k in ks:
-            op, fold = self._ops[k], self._folds[k]
+            op, fold = self._terms[k], self._folds[k]
             if fold == _RELU_FEATURES:
                 ys.append(op.features_from_relu(relu_x))
                 bns.append(op.final_batch_norm)

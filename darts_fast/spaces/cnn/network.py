@@ -83,6 +83,9 @@ class Network(LeafAlphas, nn.Module):
     ``conv_bias``, ``track_running_stats``: every convolution before an affine-free BatchNorm
     carries a bias, and whether those BatchNorms keep running statistics (GDAS' authors' options;
     see ``operations.OPS``).
+    ``auxiliary_skip``: DARTS-'s auxiliary skip-connection on every mixed op, weighted by the
+    network's ``auxiliary_skip_beta`` (a 0-dim buffer, not in the state_dict: its authors decay
+    it per epoch; ``set_auxiliary_skip``); see ``darts_fast.MixedOp``.
     ``memory_format``: the layout activations take inside the network. ``"auto"`` (the default)
     is channels_last for CPU inputs, where it makes the convolutions of a search step about 25%
     faster, and the input's own layout elsewhere; ``None`` keeps the input's layout. Only the
@@ -95,7 +98,7 @@ class Network(LeafAlphas, nn.Module):
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False,
                  fold_batch_norm=True, primitives=PRIMITIVES, conv_bias=False,
-                 track_running_stats=True):
+                 track_running_stats=True, auxiliary_skip=False):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
@@ -116,7 +119,13 @@ class Network(LeafAlphas, nn.Module):
         if recompute and not fused:
             raise ValueError(f"Network: recompute needs darts_fast.MixedOp, got mixed_op="
                              f"{getattr(mixed_op, '__name__', mixed_op)}")
+        if auxiliary_skip and not fused:
+            raise ValueError(f"Network: auxiliary_skip needs darts_fast.MixedOp, got mixed_op="
+                             f"{getattr(mixed_op, '__name__', mixed_op)}")
         self._recompute = recompute
+        self._auxiliary_skip = auxiliary_skip
+        # SDARTS' weight step replaces the softmax of the alphas by these (``perturbed``).
+        self.weights_override = None
         self._fold_batch_norm = fold_batch_norm
         self._op_options = dict(conv_bias=conv_bias, track_running_stats=track_running_stats)
         if memory_format not in ("auto", None, torch.channels_last, torch.contiguous_format):
@@ -133,6 +142,10 @@ class Network(LeafAlphas, nn.Module):
             edge_options["conv_bias"] = True
         if not track_running_stats:
             edge_options["track_running_stats"] = False
+        if auxiliary_skip:
+            edge_options["auxiliary_skip"] = True
+            # A device tensor: a captured step reads each epoch's value.
+            self.register_buffer("auxiliary_skip_beta", torch.ones(()), persistent=False)
         C_curr = stem_multiplier * C
         self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
@@ -142,15 +155,20 @@ class Network(LeafAlphas, nn.Module):
             reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
-            cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, functools.partial(mixed_op, **edge_options),
-                        **self._op_options)
+            cell = self._make_cell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                   functools.partial(mixed_op, **edge_options))
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
         self._initialize_alphas()
+
+    def _make_cell(self, C_prev_prev, C_prev, C, reduction, reduction_prev, mixed_op):
+        """One cell, its edges built by ``mixed_op(C, stride)`` (a method's network may build
+        its own kind of cell)."""
+        return Cell(self._steps, self._multiplier, C_prev_prev, C_prev, C, reduction,
+                    reduction_prev, mixed_op, **self._op_options)
 
     def _initialize_alphas(self):
         k = edge_count(self._steps)
@@ -167,7 +185,10 @@ class Network(LeafAlphas, nn.Module):
                                mixed_op=self._mixed_op, memory_format=self._memory_format,
                                recompute=self._recompute,
                                fold_batch_norm=self._fold_batch_norm,
-                               primitives=self._primitives, **self._op_options)
+                               primitives=self._primitives,
+                               auxiliary_skip=self._auxiliary_skip, **self._op_options)
+        if self._auxiliary_skip:
+            model_new.auxiliary_skip_beta = self.auxiliary_skip_beta.clone()
         ref = self.alphas_normal
         model_new.to(device=ref.device, dtype=ref.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):
@@ -188,9 +209,21 @@ class Network(LeafAlphas, nn.Module):
 
     def cell_architecture(self, reduction):
         """What the normal (or reduction) cells compute with: the softmax of the alphas over the
-        candidates."""
-        return CellArchitecture(
-            F.softmax(self.alphas_reduce if reduction else self.alphas_normal, dim=-1))
+        candidates (or ``weights_override``), then the auxiliary skip's beta."""
+        if self.weights_override is not None:
+            weights = self.weights_override[1 if reduction else 0]
+        else:
+            weights = F.softmax(self.alphas_reduce if reduction else self.alphas_normal, dim=-1)
+        if self._auxiliary_skip:
+            beta = self.auxiliary_skip_beta.to(weights.dtype).expand(weights.shape[0], 1)
+            weights = torch.cat([weights, beta], 1)
+        return CellArchitecture(weights)
+
+    def set_auxiliary_skip(self, beta):
+        """DARTS-'s coefficient of the auxiliary skip-connections, from now on."""
+        if not self._auxiliary_skip:
+            raise ValueError("set_auxiliary_skip: the network was built without auxiliary_skip")
+        self.auxiliary_skip_beta.fill_(beta)
 
     def edge_scales(self):
         """The per-edge output scales of the normal and the reduction cells (None: none)."""
