@@ -73,6 +73,7 @@ CASES = {
     "rnn_step_second": (["reference", "fused"], "reference",
                         {"cpu": (1.3, 0.5), "cuda": (4.0, None)}),
 }
+COLLAPSE_CASES = ("pdarts_step", "eigenvalue")
 DESCRIPTION = {
     "pc_mixed_op_stride1": "PC-DARTS mixed op fwd+bwd, x 256x16x32x32, k 4, stride 1",
     "pc_mixed_op_stride2": "PC-DARTS mixed op fwd+bwd, x 256x32x32x32, k 4, stride 2",
@@ -202,6 +203,11 @@ def tables(results, device_type="cpu"):
     return "\n".join(rows), "\n".join(targets)
 
 
+def _section(case):
+    return "rnn" if case.startswith("rnn") else "collapse" if case in COLLAPSE_CASES \
+        else "family"
+
+
 def _rnn_text(config):
     return (f"{config['nhid']} units, batch {config['batch']}, bptt {config['bptt']}, "
             f"{config['ntoken']} words")
@@ -222,14 +228,19 @@ def main():
     results = measure(options.cases, device, config, options.repeats, options.rounds)
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    # Each space its own section, so that measuring one leaves the other's figures in place.
+    # Each group its own section, so that measuring one leaves the others' figures in place.
+    pdarts = PDARTS_CONFIG[device.type]
     for key, title, shapes in (
             ("family", "The DARTS family against its authors' code",
              f"search steps: C={config['C']}, {config['layers']} layers, batch "
              f"{config['batch']}"),
+            ("collapse", "P-DARTS and the collapse guards against their authors' code",
+             f"P-DARTS' step: C={pdarts['C']}, {pdarts['layers']} layers, batch "
+             f"{pdarts['batch']}, skip dropout 0.7; the eigenvalue and the DARTS step: "
+             f"C={config['C']}, {config['layers']} layers, batch {config['batch']}"),
             ("rnn", "DARTS' recurrent search against its authors' code",
              _rnn_text(RNN_CONFIG[device.type]))):
-        group = {case: r for case, r in results.items() if case.startswith("rnn") == (key == "rnn")}
+        group = {case: r for case, r in results.items() if _section(case) == key}
         if not group:
             continue
         table, targets = tables(group, device.type)
