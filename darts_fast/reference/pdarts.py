@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from ..spaces.cnn.architecture import ArchitectureTable
 from ..spaces.cnn.genotypes import PRIMITIVES, Genotype
-from ..spaces.cnn.operations import OPS, FactorizedReduce, Identity, ReLUConvBN
-from .darts import Network, _parse
+from ..spaces.cnn.operations import OPS, Identity
+from .darts import Cell, Network, _parse
 
 
 class PDARTSMixedOp(nn.Module):
@@ -51,44 +51,25 @@ class PDARTSMixedOp(nn.Module):
         return sum(w * op(x) for w, op in zip(weights, self.m_ops))
 
 
-class PDARTSCell(nn.Module):
-    """DARTS' cell whose edge ``e`` is ``PDARTSMixedOp(C, stride, switches[e], p)``."""
+class PDARTSCell(Cell):
+    """DARTS' cell whose edge ``e`` is ``PDARTSMixedOp(C, stride, switches[e], p)``, the edges
+    under the authors' ``cell_ops``."""
+
+    _ops = property(lambda self: self._modules["cell_ops" if "cell_ops" in self._modules
+                                               else "_ops"])
 
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
                  switches, p):
-        super().__init__()
-        self.reduction = reduction
+        rows = iter(switches)  # the edges are built in the order of the rows
+        super().__init__(steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
+                         lambda C, stride: PDARTSMixedOp(C, stride, switch=next(rows), p=p))
         self.p = p
-        if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self._steps = steps
-        self._multiplier = multiplier
-        self.cell_ops = nn.ModuleList()
-        switch_count = 0
-        for i in range(self._steps):
-            for j in range(2 + i):
-                stride = 2 if reduction and j < 2 else 1
-                self.cell_ops.append(
-                    PDARTSMixedOp(C, stride, switch=switches[switch_count], p=self.p))
-                switch_count += 1
+        self.cell_ops = self._modules.pop("_ops")
 
     def update_p(self):
         for op in self.cell_ops:
             op.p = self.p
             op.update_p()
-
-    def forward(self, s0, s1, weights):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self._steps):
-            s = sum(self.cell_ops[offset + j](h, weights[offset + j])
-                    for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
-        return torch.cat(states[-self._multiplier:], dim=1)
 
 
 class PDARTSNetwork(Network):
