@@ -51,7 +51,7 @@ def test_auxiliary_skip_network_matches_darts_minus():
     torch.manual_seed(1)
     ref = authors.DartsMinusNetwork(4, 10, 3, nn.CrossEntropyLoss()).double()
     assert list(fused.state_dict()) == list(ref.state_dict())
-    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
     for epoch in (0, 20):
         beta = collapse.auxiliary_skip_beta(epoch, 50, 1.0, "cosine")
         fused.set_auxiliary_skip(beta)
@@ -117,7 +117,7 @@ def test_noisy_weight_step_matches_sdarts():
     for epoch in range(2):
         epsilon = alpha_noise.epsilon_at(epoch, 10, 0.3)
         noise.set_epsilon(epsilon)
-        x, vx = (torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=data) for _ in "ab")
+        x, vx = (torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=data) for _ in "ab")
         y, vy = (torch.randint(0, 10, (4,), generator=data) for _ in "ab")
         torch.manual_seed(10 + epoch)
         step(x, y, vx, vy, 0.05)
