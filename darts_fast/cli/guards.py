@@ -39,7 +39,8 @@ from . import visualize
 from .errors import UsageError
 
 # The eigenvalue's relative error bound: DARTS-ES compares averages against a ratio of 1.3.
-EIGENVALUE_TOLERANCE, DISTRIBUTED_PRODUCTS = 1e-3, 20
+# At most MAX_PRODUCTS Hessian-vector products; under torchrun DISTRIBUTED_PRODUCTS on every rank.
+EIGENVALUE_TOLERANCE, MAX_PRODUCTS, DISTRIBUTED_PRODUCTS = 1e-3, 30, 20
 COLUMNS = ("epoch", "skips_normal", "skips_reduce", "eigenvalue", "eigenvalue_local_average",
            "alpha_noise", "aux_skip_beta", "weight_decay")
 # DARTS-ADA: RobustDARTS' --mul_factor and --max_weight_decay; the epochs back a rollback reaches.
@@ -163,7 +164,7 @@ class Guards:
             result = arch_hessian_eigenvalue(
                 model, batch, weight_decay=self.options.arch_weight_decay,
                 tolerance=0.0 if self.ranks.distributed else EIGENVALUE_TOLERANCE,
-                iterations=DISTRIBUTED_PRODUCTS if self.ranks.distributed else 30)
+                iterations=DISTRIBUTED_PRODUCTS if self.ranks.distributed else MAX_PRODUCTS)
         model.train(training)
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers):
@@ -198,7 +199,8 @@ class Guards:
         parts = [f"skip-connections {row['skips_normal']} normal, {row['skips_reduce']} reduce"]
         if "eigenvalue" in row:
             parts.append(f"Hessian eigenvalue {row['eigenvalue']:.4g}"
-                         + ("" if row["converged"] else " (not converged in 30 products)"))
+                         + ("" if row["converged"] else
+                            f" (not converged in {MAX_PRODUCTS} products)"))
         return " | " + ", ".join(parts)
 
     def write(self, run, log, epoch):
