@@ -24,11 +24,9 @@ ratios are per repetition, reported as median [min-max].
 
 Prints markdown tables and writes them into RESULTS.md (their own section per device).
 """
-import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import types
@@ -38,7 +36,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from cases import gdas_search_step, search_step, synchronized  # noqa: E402
-from measure import run_child, timed_peak  # noqa: E402
+from measure import family_options, machine, run_child, timed_peak  # noqa: E402
 from guard_cases import PDARTS_CONFIG, eigenvalue, pdarts_step  # noqa: E402
 from rnn_cases import RNN_CONFIG, node, search_step as rnn_search_step  # noqa: E402
 from tables import update_results_md  # noqa: E402
@@ -214,20 +212,13 @@ def _rnn_text(config):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    options = p.parse_args()
+    options = family_options(__doc__, CASES)
     if options.child:
         return child(json.loads(options.child))
     device = torch.device(options.device)
     config = STEP_CONFIG[device.type]
     results = measure(options.cases, device, config, options.repeats, options.rounds)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    name = machine(device)
     # Each group its own section, so that measuring one leaves the others' figures in place.
     pdarts = PDARTS_CONFIG[device.type]
     for key, title, shapes in (
@@ -247,7 +238,7 @@ def main():
         command = (f"python benchmarks/family.py --device {device.type} --repeats "
                    f"{options.repeats} --rounds {options.rounds} --cases {' '.join(group)}")
         section = (f"## {title} ({device.type})\n\n"
-                   f"{datetime.date.today()}, {machine}, torch {torch.__version__}: `{command}`. "
+                   f"{datetime.date.today()}, {name}, torch {torch.__version__}: `{command}`. "
                    f"{shapes[0].upper()}{shapes[1:]}, float32. Median of {options.rounds} timed "
                    f"calls per case and process, over {options.repeats} repetitions: median "
                    f"[min-max].\n\n{table}\n\n{targets}\n")

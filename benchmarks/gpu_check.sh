@@ -4,13 +4,15 @@
 # CUDA from the command line (captured step, and twice with --deterministic: the alphas must have
 # the same bits), write the CUDA section of benchmarks/RESULTS.md, and time the step through the
 # distributed code path on one GPU (NCCL, world size 1) against the plain step, then search from
-# the command line under torchrun, and time PC-DARTS and GDAS against their authors' code. Sized
+# the command line under torchrun, time PC-DARTS and GDAS against their authors' code, and run
+# the one-shot family (SPOS and its evolution, random-ws, ENAS, ProxylessNAS with the hardware
+# loss) from the command line and its single-path step against the all-candidates one. Sized
 # for one large GPU and 16 CPU cores: each stage has its own time limit (580 s in all), a failed
 # stage does not stop the others, and --stages reruns only some. Logs and JSON go to the output
 # folder (10 files at most); a short table is printed last.
 #
 #   bash benchmarks/gpu_check.sh [--out DIR]
-#        [--stages build,tests,report,sanitizer,cli,distributed,family]
+#        [--stages build,tests,report,sanitizer,cli,distributed,family,oneshot]
 #
 # DIR defaults to $OUT, else ./gpu_check_out. Run from anywhere; python3 must be the Python whose
 # torch has CUDA (override with PYTHON=...).
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 out=${OUT:-gpu_check_out}
-stages=build,tests,sanitizer,cli,report,distributed,family
+stages=build,tests,sanitizer,cli,report,distributed,family,oneshot
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
@@ -31,9 +33,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${stages//,/ }; do
-  case "$s" in build|tests|sanitizer|cli|report|distributed|family) ;;
+  case "$s" in build|tests|sanitizer|cli|report|distributed|family|oneshot) ;;
     *) echo "gpu_check.sh: unknown stage '$s' (stages: build,tests,sanitizer,cli,report," \
-            "distributed,family)" >&2
+            "distributed,family,oneshot)" >&2
        exit 2 ;;
   esac
 done
@@ -203,16 +205,42 @@ family() {
   cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
 
-export -f build cuda_tests sanitizer cli report distributed family
+# The one-shot family on CUDA from the command line (each method's search, SPOS' evolution,
+# the hardware loss on a profiled latency table), then its single-path step against the
+# all-candidates formulation.
+oneshot() {
+  local runs=/tmp/gpu_check_oneshot common
+  rm -rf "$runs" && mkdir -p "$runs"
+  common=(--epochs 1 --layers 5 --init_channels 16 --batch_size 64 --synthetic_size 512
+          --device cuda)
+  "$python" -m darts_fast search --method spos "${common[@]}" --run_dir "$runs/spos" &&
+  "$python" -m darts_fast evolve "$runs/spos" --population 10 --select 3 --mutations 3 \
+    --crossovers 3 --generations 2 --recalibration_batches 4 --device cuda \
+    --run_dir "$runs/evolve" &&
+  "$python" -m darts_fast search --method random-ws "${common[@]}" --eval_samples 50 \
+    --run_dir "$runs/random" &&
+  "$python" -m darts_fast search --method enas "${common[@]}" --controller_steps 5 \
+    --run_dir "$runs/enas" &&
+  "$python" -m darts_fast profile --method proxyless --layers 5 --device cuda \
+    --out "$runs/latency.json" &&
+  "$python" -m darts_fast search --method proxyless "${common[@]}" --arch_start_epoch 0 \
+    --cost latency --cost_table "$runs/latency.json" --cost_reference 2 \
+    --run_dir "$runs/proxyless" &&
+  "$python" benchmarks/one_shot.py --device cuda --repeats 1 >"$out/oneshot.txt" 2>&1 &&
+  cp benchmarks/RESULTS.md "$out/RESULTS.md"
+}
+
+export -f build cuda_tests sanitizer cli report distributed family oneshot
 export out python
 # The figures first; the limits add up to 580 s, inside a 10-minute call.
 wants build && stage build 100 build
-wants tests && stage tests 90 cuda_tests
-wants report && stage report 140 report
+wants tests && stage tests 80 cuda_tests
+wants report && stage report 100 report
 wants sanitizer && stage sanitizer 50 sanitizer
 wants cli && stage cli 80 cli
 wants distributed && stage distributed 50 distributed
 wants family && stage family 70 family
+wants oneshot && stage oneshot 50 oneshot
 
 {
   echo
@@ -224,6 +252,7 @@ wants family && stage family 70 family
   [ -f "$out/cli.txt" ] && tail -1 "$out/cli.txt" | sed 's/^/  cli /'
   [ -f "$out/distributed.txt" ] && grep '^| ' "$out/distributed.txt" | sed 's/^/  /'
   [ -f "$out/family.txt" ] && grep '^| .*: ' "$out/family.txt" | sed 's/^/  /'
+  [ -f "$out/oneshot.txt" ] && grep '^| .*: ' "$out/oneshot.txt" | sed 's/^/  /'
   [ -f "$out/report-cuda.md" ] && sed -n '/^Targets/,/^$/p;/^| target/,/^$/p' \
     "$out/report-cuda.md" | head -20
 } | tee -a "$log"

@@ -2,9 +2,11 @@
 against its copy floor, and each search-step case in a fresh process (``report.py --child``
 runs ``child``): its median step time and peak memory.
 """
+import argparse
 import functools
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -188,3 +190,22 @@ def _time_calls(calls, device, repeats):
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)
+
+
+def family_options(doc, cases):
+    """The options of a script that measures cases side by side (``family.py``, ``one_shot.py``):
+    ``--device``, ``--repeats``, ``--rounds``, ``--cases``, and ``--child`` (one case, in the
+    process the script starts for it)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cases", nargs="+", choices=sorted(cases), default=list(cases))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def machine(device):
+    """The device as a results section names it."""
+    return (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")

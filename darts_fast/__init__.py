@@ -9,6 +9,7 @@ import RNNArchitect as Architect``. The command line lives apart, in ``darts_fas
 from . import kernels
 from .methods.gdas import GDASNetwork
 from .methods.pc_darts import PartialChannelMixedOp, PCNetwork
+from .methods.proxyless import ProxylessArchitect, ProxylessNetwork
 from .search.architect import Architect
 from .search.rnn_architect import RNNArchitect
 from .search.step import SearchStep
@@ -16,11 +17,13 @@ from .search.sync_batch_norm import SyncBatchNorm2d
 from .spaces.cnn.genotypes import DARTS, DARTS_V1, DARTS_V2, PRIMITIVES, Genotype
 from .spaces.cnn.mixed_op import MixedOp
 from .spaces.cnn.network import Cell, Network
+from .spaces.cnn.single_path import SinglePathNetwork
 from .spaces.rnn.search_model import RNNModelSearch
 
 __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "GDASNetwork", "Genotype", "MixedOp",
-    "Network", "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "RNNArchitect", "RNNModelSearch",
-    "SearchStep", "SyncBatchNorm2d", "kernels",
+    "Network", "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "ProxylessArchitect",
+    "ProxylessNetwork", "RNNArchitect", "RNNModelSearch", "SearchStep", "SinglePathNetwork",
+    "SyncBatchNorm2d", "kernels",
 ]
 __version__ = "0.1.0"

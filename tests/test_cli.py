@@ -419,7 +419,7 @@ def test_missing_and_malformed_data(tmp_path, capsys):
     (["search", "--partial_channels", "2"], "--partial_channels is a pc-darts option"),
     (["search", "--method", "pc-darts", "--partial_channels", "3"],
      "--partial_channels 3 must divide --init_channels 16"),
-    (["search", "--method", "enas"], "argument --method: invalid choice: 'enas'"),
+    (["search", "--method", "nasnet"], "argument --method: invalid choice: 'nasnet'"),
     (["train", *TINY, "--genotype", "DARTS", "--auxiliary", "--layers", "1"],
      "needs layers >= 2"),
 ])

@@ -133,7 +133,8 @@ def test_every_option_has_a_help_line_that_shows_its_default(command, monkeypatc
             assert entries[flag].endswith(f"(default {default})")
     else:
         assert entries["--batch_size"].endswith(
-            "default by --method: darts 64, gdas 256, pc-darts 256, pdarts 96")
+            "default by --method: darts 64, enas 64, gdas 256, pc-darts 256, pdarts 96, "
+            "proxyless 64, random-ws 64, spos 64")
 
 
 # --- what the log says: the batch used, busy cores ---------------------------------------------

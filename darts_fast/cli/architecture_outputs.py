@@ -5,6 +5,7 @@ cells and of the weights, and TensorBoard's images, histograms and text."""
 import json
 
 from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict
+from ..spaces.cnn.resources import genotype_cost
 from . import visualize
 
 
@@ -12,9 +13,7 @@ def write(run, log, epoch, model, kept=None):
     """``kept``: the genotype the run keeps (its epoch, the genotype), where it is not this
     epoch's (a search stopped early)."""
     genotype = model.genotype()
-    text = genotype_text(genotype)
-    run.write_json(f"genotype_epoch_{epoch:03d}.json",
-                   dict(genotype_to_dict(genotype), epoch=epoch, text=text))
+    run.write_json(f"genotype_epoch_{epoch:03d}.json", genotype_record(genotype, epoch))
     write_genotype(run, *(kept or (epoch, genotype)))
     tables = model.architecture_tables()
     weights = {t.name: t.weights.float() for t in tables}
@@ -29,14 +28,30 @@ def write(run, log, epoch, model, kept=None):
         log.events.add_image(f"alphas/{name}", w, epoch, dataformats="HW")
         for edge, row in enumerate(w):
             log.events.add_histogram(f"alpha_{name}/edge_{edge:02d}", row, epoch)
-    log.events.add_text("genotype", text, epoch)
+    log.events.add_text("genotype", genotype_text(genotype), epoch)
 
 
-def write_genotype(run, epoch, genotype):
-    """The genotype the run stands at: genotype.json and .txt, and the cells' pictures."""
-    text = genotype_text(genotype)
-    run.write_json("genotype.json", dict(genotype_to_dict(genotype), epoch=epoch, text=text))
-    run.write_text("genotype.txt", text + "\n")
+def write_found(run, log, epoch, genotype):
+    """The outputs of a search without alphas: the genotype its searcher stands at."""
+    run.write_json(f"genotype_epoch_{epoch:03d}.json", genotype_record(genotype, epoch))
+    write_genotype(run, epoch, genotype)
+    log.events.add_text("genotype", genotype_text(genotype), epoch)
+
+
+def genotype_record(genotype, epoch, **extra):
+    """A genotype file's content: the cells, the epoch, the original's text, ``extra``, and the
+    parameters and multiply-adds of the network that trains it with train's defaults."""
+    params, flops = genotype_cost(genotype)
+    return dict(genotype_to_dict(genotype), epoch=epoch, text=genotype_text(genotype), **extra,
+                trained_network={"init_channels": 36, "layers": 20, "params": params,
+                                 "flops": flops})
+
+
+def write_genotype(run, epoch, genotype, **extra):
+    """The genotype the run stands at: genotype.json (``genotype_record``) and .txt, and the
+    cells' pictures."""
+    run.write_json("genotype.json", genotype_record(genotype, epoch, **extra))
+    run.write_text("genotype.txt", genotype_text(genotype) + "\n")
     run.write_bytes("normal.png", visualize.cell_png(
         genotype.normal, genotype.normal_concat, f"normal cell, epoch {epoch}"))
     run.write_bytes("reduction.png", visualize.cell_png(

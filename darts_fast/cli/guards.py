@@ -88,6 +88,14 @@ def check(options, method, torchrun):
     if options.adaptive_regularisation and torchrun:
         raise UsageError("--adaptive_regularisation runs in one process: its rollback reloads "
                          "one process's checkpoint")
+    if not method.alphas:
+        given = [flag for flag, on in (("--hessian_eigenvalue", options.hessian_eigenvalue),
+                                       ("--early_stop", options.early_stop is not None),
+                                       ("--adaptive_regularisation",
+                                        options.adaptive_regularisation)) if on]
+        if given:
+            raise UsageError(f"{given[0]} watches the alphas; --method {method.name} trains a "
+                             f"weight-sharing supernet without them")
     for dest, flag in _DARTS_ONLY.items():
         if getattr(options, dest) is None:
             continue
@@ -124,9 +132,11 @@ class Guards:
             self.model.set_auxiliary_skip(row["aux_skip_beta"])
         self._settings = row
 
-    def end_epoch(self, epoch, valid_batch):
-        """After epoch ``epoch`` (0-based) is validated: its row, and the rule's decision."""
-        genotype = self.model.genotype()
+    def end_epoch(self, epoch, valid_batch, genotype):
+        """After epoch ``epoch`` (0-based) is validated: its row (none where the search has no
+        ``genotype`` yet), and the rule's decision."""
+        if genotype is None:
+            return
         row = {"epoch": epoch + 1, **self._settings,
                **({"weight_decay": self.ada["weight_decay"]} if self.ada else {}),
                "skips_normal": _skips(genotype.normal), "skips_reduce": _skips(genotype.reduce),

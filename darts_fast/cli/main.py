@@ -12,7 +12,8 @@ import sys
 import torch
 
 from ..spaces.genotype_text import GenotypeError
-from . import rnn_options, rnn_search, rnn_train, search, search_options, train
+from . import (evolve, evolve_options, profile, rnn_options, rnn_search, rnn_train, search,
+               search_options, train)
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
 from .options import Parser, common_options, fraction, non_negative
 from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
@@ -56,7 +57,18 @@ def build_parser(space="cnn"):
                    help="drop path probability of the last epoch, reached linearly from 0")
     rnn_options.add_space_option(t, "cnn")
     t.set_defaults(job=train.run)
-    return parser, {"search": s, "train": t}
+
+    e = sub.add_parser("evolve", allow_abbrev=False,
+                       help="choose the architecture of a search's trained supernet (SPOS' "
+                            "evolution, regularised evolution, random search)")
+    evolve_options.add_arguments(e)
+    e.set_defaults(job=evolve.run)
+    p = sub.add_parser("profile", allow_abbrev=False,
+                       help="measure every candidate's latency on this device into a cost "
+                            "table (--method proxyless --cost latency)")
+    profile.add_arguments(p)
+    p.set_defaults(job=profile.run)
+    return parser, {"search": s, "train": t, "evolve": e, "profile": p}
 
 
 def main(argv=None):
@@ -72,6 +84,10 @@ def main(argv=None):
     try:
         parser, commands = build_parser(chosen_space(argv))
         args = parser.parse_args(argv)
+        if args.command in ("evolve", "profile"):  # no epochs: their own run handling
+            args.given = _given(commands[args.command], argv[1:])
+            with cpu_threads(args.threads or torch.get_num_threads()):
+                return args.job(args)
         options = resolve_options(args, commands[args.command], argv[1:])
         with cpu_threads(options.threads):
             return args.job(options)

@@ -15,10 +15,12 @@ import datetime
 import os
 import re
 import signal
+import warnings
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from .errors import UsageError, first_line
 
@@ -64,6 +66,21 @@ class Ranks:
         # handed over the run's state).
         self.checkpointed = None
         self._confirming = self._terminated = False
+
+    def wrap(self, model, device):
+        """``model`` in DDP on several ranks (its BatchNorm statistics the ranks' own), as it is
+        on one."""
+        if not self.distributed:
+            return model
+        # The network's channels_last activations give some filter gradients other strides
+        # than the filters' (mostly in size-1 dimensions): DDP copies those into its buckets.
+        warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
+        with warnings.catch_warnings():
+            # Its successor, forward_sync_buffers, would also copy rank 0's buffers at start.
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            return nn.parallel.DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None,
+                broadcast_buffers=False)
 
     @property
     def leader(self):

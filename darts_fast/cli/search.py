@@ -8,19 +8,16 @@ the training and validation halves (``--batch_size`` images per rank and step), 
 through DDP and the architect averages its gradients over the ranks, so the alphas stay identical
 on every rank (checked each epoch). BatchNorm statistics are per shard, as DDP keeps them, or
 over the whole batch with ``--sync_batch_norm``."""
-import warnings
-
 import torch
 import torch.nn as nn
 
 from .. import kernels, methods, reference
-from ..search.architect import Architect
 from ..search.distributed import check_identical
 from ..search.step import CaptureError, SearchStep
 from ..search.sync_batch_norm import SyncBatchNorm2d
-from . import architecture_outputs, cifar10, datasets, guards, loaders, loop, runtime
+from . import (architecture_outputs, cifar10, datasets, guards, hardware_options, loaders, loop,
+               runtime, search_options, search_state)
 from . import ranks as ranks_
-from . import search_options, search_state
 from .errors import Diverged, UsageError
 
 def run(options):
@@ -49,6 +46,7 @@ def _job(options, method, images, labels, split, ranks, device):
     model = job.build_network()
     job.guards = guards.Guards(options, model, ranks)
     job.start(model)
+    job.searcher = method.searcher(model, options)
     job.split_images = (split, len(labels) - split)
     # The original draws validation batches from the training set, with the training transform.
     job.train_loader = loaders.loader(options, images, labels, range(split), device, True, True,
@@ -61,6 +59,7 @@ def _job(options, method, images, labels, split, ranks, device):
 class SearchJob(loop.Job):
     """A search through the method's stages (one network each; one stage for most methods)."""
 
+    searcher = None  # the method's, for a method without alphas
     command = "search"
     finished = "search finished"
 
@@ -86,18 +85,8 @@ class SearchJob(loop.Job):
         """Searches ``model`` from now on: its weights' optimizer and schedule (over a stage),
         its architect and its steps."""
         o, ranks, device = self.options, self.ranks, self.device
-        stepped = model
+        stepped = ranks.wrap(model, device)
         if ranks.distributed:
-            # The network's channels_last activations give some filter gradients other strides
-            # than the filters' (mostly in size-1 dimensions): DDP copies those into its buckets.
-            warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
-            with warnings.catch_warnings():
-                # Its successor, forward_sync_buffers, would also copy rank 0's buffers at start.
-                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated",
-                                        FutureWarning)
-                stepped = nn.parallel.DistributedDataParallel(
-                    model, device_ids=[device] if device.type == "cuda" else None,
-                    broadcast_buffers=False)  # the BatchNorm statistics stay the ranks' own
             runtime.seed_everything(ranks.derived_seed(o.seed))  # each rank its augmentations
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), o.learning_rate,
@@ -105,8 +94,14 @@ class SearchJob(loop.Job):
                                          nesterov=o.nesterov)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, self.stage_epochs, eta_min=o.learning_rate_min)
-        self.architect = reference.Architect(model, o) if o.reference else Architect(
-            stepped, o, hessian=o.hessian, **self.method.architect_options(o))
+        architect = self.method.architect_class
+        try:
+            self.architect = None if architect is None else reference.Architect(model, o) \
+                if o.reference else architect(stepped, o, hessian=o.hessian,
+                                              **self.method.architect_options(o),
+                                              **hardware_options.architect_options(model, o))
+        except methods.MethodOptionError as e:  # what the architect reads (a cost table)
+            raise UsageError(str(e)) from None
         # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
         graph = device.type == "cuda" and not o.no_cuda_graph and not ranks.distributed \
             and getattr(model, "capturable", True)
@@ -119,8 +114,11 @@ class SearchJob(loop.Job):
                                       o.grad_clip, o.unrolled, cuda_graph=graph,
                                       weights_first=self.method.weights_first,
                                       weight_context=noise)
-        self.weight_step = None  # made by begin_epoch for the epochs of weight steps alone
         self._stepped, self._graph = stepped, graph
+        self.weight_step = None  # made by begin_epoch for the epochs of weight steps alone
+        # The steps between two architecture steps (ProxylessNAS' every 5th).
+        self.plain_step = self._new_weight_step() if self.method.architecture_every > 1 \
+            else None
 
     def _new_weight_step(self):
         return SearchStep(self._stepped, None, self.optimizer, self.criterion,
@@ -132,6 +130,7 @@ class SearchJob(loop.Job):
 
     def begin_epoch(self, epoch):
         o = self.options
+        self.epoch, self.steps_done = epoch, 0
         if epoch // self.stage_epochs != self.stage:  # a new stage: a new network
             self.stage = epoch // self.stage_epochs
             self.stage_network = self.method.stage_network(self.stage, o, self.model)
@@ -145,9 +144,14 @@ class SearchJob(loop.Job):
             self.weight_step = None
         # A graph keeps the module settings (P-DARTS' dropout) and the optimizer state (a
         # rollback's) of its capture: captured again each epoch, as a new rate does anyway.
-        for step in (self.search_step, self.weight_step):
+        for step in (self.search_step, self.weight_step, self.plain_step):
             if step is not None:
                 step.release_graphs()
+
+    def end_epoch(self):
+        super().end_epoch()
+        if self.searcher is not None:
+            self.searcher.end_epoch(self, self.epoch)
 
     def steps_per_epoch(self):
         return len(self.train_loader)
@@ -161,10 +165,17 @@ class SearchJob(loop.Job):
             self.last_valid = next(valid)  # the guards' Hessian is taken on the last one
             yield x, y, *self.last_valid
 
+    def endless_valid(self):
+        """The validation batches, pass after pass (a searcher's scores)."""
+        return loaders.endless(self.valid_loader)
+
     def step(self, batch, lr):
         # Epoch e uses the cosine rate of epoch e, as the original did on the PyTorch it was
         # written for; eta of the architect step is that rate.
-        step = self.search_step if self.weight_step is None else self.weight_step
+        every = self.method.architecture_every
+        self.steps_done += 1
+        step = self.weight_step or (self.search_step if self.steps_done % every == 0
+                                    else self.plain_step)
         try:
             loss, logits = step(*batch, lr)
         except CaptureError as e:
@@ -173,7 +184,7 @@ class SearchJob(loop.Job):
         return loss, logits, batch[1]
 
     def skip_counters(self):
-        weight = [s.skipped_steps for s in (self.search_step, self.weight_step)
+        weight = [s.skipped_steps for s in (self.search_step, self.weight_step, self.plain_step)
                   if s is not None and s.skipped_steps is not None]
         return {"weight": sum(weight) if weight else None,
                 "architecture": getattr(self.architect, "skipped_steps", None)}
@@ -184,8 +195,15 @@ class SearchJob(loop.Job):
     def eval_batches(self):
         return self.valid_loader
 
+    def genotype(self):
+        """The architecture the search stands at: read from the alphas, or the searcher's
+        (None: none yet)."""
+        if self.method.alphas:
+            return self.model.genotype()
+        return self.searcher.genotype() if self.searcher is not None else None
+
     def after_validation(self, epoch):
-        self.guards.end_epoch(epoch, self.last_valid)
+        self.guards.end_epoch(epoch, self.last_valid, self.genotype())
 
     def stop_reason(self):
         return self.guards.stop_reason()
@@ -213,13 +231,15 @@ class SearchJob(loop.Job):
 
     def epoch_text(self):
         stages = self.options.epochs // self.stage_epochs
-        return self.guards.log_text() + (f" | stage {self.stage + 1}/{stages}"
-                                         if stages > 1 else "")
+        searcher = self.searcher.text() if self.searcher is not None else ""
+        return self.guards.log_text() + searcher + (f" | stage {self.stage + 1}/{stages}"
+                                                    if stages > 1 else "")
 
     def extra_state(self):
         shards = [loader.shards for loader in (self.train_loader, self.valid_loader)]
         return {**search_state.save(self.model, self.architect),
                 "guards": self.guards.state_dict(),
+                **({"searcher": self.searcher.state_dict()} if self.searcher is not None else {}),
                 "stage": self.stage, "stage_network": self.stage_network,
                 **({"loader_passes": [s.passes for s in shards]} if shards[0] is not None else {})}
 
@@ -232,6 +252,8 @@ class SearchJob(loop.Job):
         search_state.restore(self.model, self.architect, state)
         if "guards" in state:  # runs of earlier versions kept no history
             self.guards.load_state_dict(state["guards"])
+        if self.searcher is not None:
+            self.searcher.load_state_dict(state["searcher"])
         if self.guards.ada:
             self._take_weight_decay()
         if self.ranks.distributed:
@@ -259,25 +281,18 @@ class SearchJob(loop.Job):
         if final is not None:
             kept = (epoch, final[0])
             architecture_outputs.write_named(run, final[1])
-        architecture_outputs.write(run, log, epoch, self.model, kept=kept)
+        if self.method.alphas:
+            architecture_outputs.write(run, log, epoch, self.model, kept=kept)
+        elif self.genotype() is not None:
+            architecture_outputs.write_found(run, log, epoch, self.genotype())
         self.guards.write(run, log, epoch)
 
     def describe(self):
-        o, ranks = self.options, self.ranks
-        order = "second" if o.unrolled else "first"
-        where = (f"{ranks.world} processes ({ranks.backend}; rank 0 on {self.device}), "
-                 f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
-                 if ranks.distributed else f"{self.device}")
-        method = " ".join(filter(None, (self.method.name, self.method.describe(o))))
-        steps = search_options.architecture_steps_text(o, self.stage_epochs,
-                                                       len(self.train_loader))
-        return (f"{'reference' if o.reference else 'fused'} {order}-order {method} search on "
-                f"{where}{steps}, "
-                f"{o.dataset} data ({len(self.train_loader)} + {len(self.valid_loader)} batches "
-                f"{loaders.batches_of(o.batch_size, self.split_images, ranks)}), "
-                f"{o.loader} loader")
+        return search_options.banner(self)
 
     def output_lines(self, run):
+        if not self.method.alphas:
+            return self.method.output_lines(run, self.genotype() is not None)
         return [f"genotype:  {run.file('genotype.json')} (and genotype.txt: "
                 f"{architecture_outputs.kept_text(run, self.model)})",
                 f"pictures:  {run.file('normal.png')}, {run.file('reduction.png')}, "

@@ -4,7 +4,7 @@ import argparse
 
 from .. import methods as methods_
 from ..spaces.cnn.genotypes import PRIMITIVES, check_primitives
-from . import guards
+from . import guards, hardware_options, loaders
 from . import options as kinds
 from .errors import UsageError
 from .options import (common_options, hessian_option, non_negative, non_negative_int, portion,
@@ -75,6 +75,7 @@ def add_search_options(s):
                    help="under torchrun: how long a rank waits for the others in one operation "
                         "before the run stops with an error (default %(default)s)")
     guards.add_guard_options(s, kinds)
+    hardware_options.add_options(s, kinds)
     s.add_argument("--original_valid_sampling", action="store_true",
                    help="draw each step's validation batch from a new iterator, as the original "
                         "does (default: one iterator per epoch, every validation image once)")
@@ -132,6 +133,7 @@ def check_search(options, method, torchrun):
     except methods_.MethodOptionError as e:
         raise UsageError(str(e)) from None
     guards.check(options, method, torchrun)
+    hardware_options.check(options, method)
     stored = (options.saved_config or {}).get("options", {}).get("epochs", options.epochs)
     if method.stages(options) > 1 and options.epochs != stored:
         raise UsageError(f"--epochs {options.epochs}: the run's {method.stages(options)} stages "
@@ -175,7 +177,8 @@ def check_architecture_steps(options, method):
 
 def architecture_steps_text(options, stage_epochs, steps_per_epoch):
     """The banner's words on which epochs and how many steps update the alphas, when weight
-    steps alone come first (fewer than --epochs suggests)."""
+    steps alone come first (fewer than --epochs suggests); ``steps_per_epoch``: the
+    architecture steps of an epoch."""
     o = options
     if not o.arch_start_epoch:
         return ""
@@ -231,3 +234,22 @@ class _SharedOptions:
     def add_argument(self, *flags, **kwargs):
         if not any(flag in self.parser._option_string_actions for flag in flags):
             self.group.add_argument(*flags, **kwargs)
+
+
+def banner(job):
+    """The search's banner line: the method, where it runs, its architecture steps, its data."""
+    o, ranks = job.options, job.ranks
+    order = "weight-sharing" if job.architect is None else \
+        "second-order" if o.unrolled else "first-order"
+    where = (f"{ranks.world} processes ({ranks.backend}; rank 0 on {job.device}), "
+             f"BatchNorm statistics {'over all ranks' if o.sync_batch_norm else 'per rank'}"
+             if ranks.distributed else f"{job.device}")
+    method = " ".join(filter(None, (job.method.name, job.method.describe(o))))
+    steps = architecture_steps_text(o, job.stage_epochs,
+                                    len(job.train_loader) // job.method.architecture_every)
+    method += hardware_options.banner_text(o)
+    return (f"{'reference' if o.reference else 'fused'} {order} {method} search on "
+            f"{where}{steps}, "
+            f"{o.dataset} data ({len(job.train_loader)} + {len(job.valid_loader)} batches "
+            f"{loaders.batches_of(o.batch_size, job.split_images, ranks)}), "
+            f"{o.loader} loader")

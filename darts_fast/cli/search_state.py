@@ -1,11 +1,13 @@
 """What a search's checkpoint holds beyond the weights, in either space: the alphas (leaf tensors,
-absent from the model's state_dict) and their optimizer's state."""
+absent from the model's state_dict) and their optimizer's state (None for a method without an
+architecture step)."""
 import torch
 
 
 def save(model, architect):
     return {"alphas": [a.detach().cpu() for a in model.arch_parameters()],
-            "architect_optimizer": architect.optimizer.state_dict()}
+            "architect_optimizer": None if architect is None else
+            architect.optimizer.state_dict()}
 
 
 def restore(model, architect, state):
@@ -17,4 +19,5 @@ def restore(model, architect, state):
     with torch.no_grad():
         for alpha, saved in zip(alphas, state["alphas"]):
             alpha.copy_(saved)
-    architect.optimizer.load_state_dict(state["architect_optimizer"])
+    if architect is not None:
+        architect.optimizer.load_state_dict(state["architect_optimizer"])

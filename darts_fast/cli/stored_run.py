@@ -23,7 +23,8 @@ NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config"
 # checkpoint lack them ran with (threads: unknown): the runs of earlier versions resume.
 ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None, "space": "cnn",
                "hessian_eigenvalue": False, "early_stop": None, "alpha_noise": None,
-               "aux_skip": None, "aux_skip_decay": None, "adaptive_regularisation": False}
+               "aux_skip": None, "aux_skip_decay": None, "adaptive_regularisation": False,
+               "cost": None, "cost_table": None, "cost_reference": None}
 
 
 def stored_option(options, name, absent=None):

@@ -217,7 +217,7 @@ class PDARTS(Method):
                 "weight_decay": 3e-4, "nesterov": False, "epochs": 75, "arch_learning_rate": 6e-4,
                 "arch_start_epoch": 10, "add_layers": [6, 12], "dropout_rate": [0.1, 0.4, 0.7],
                 "max_skip": 2}
-    second_order = False
+    second_order = hardware_loss = False
     one_process = "its stages build new networks, which one DDP wrapper does not follow"
 
     def networks(self):

@@ -5,6 +5,9 @@ A method is one module: its network (and its authors' formulation, for ``--refer
 method-specific from that object: its defaults, its own options, its step order, what it refuses;
 the network carries the rest (``capturable``, ``genotype_rule``, ``architecture_tables``).
 """
+from ..search.architect import Architect
+
+
 class MethodOptionError(ValueError):
     """Options that a method cannot run with (the command line reports it as bad input)."""
 
@@ -16,7 +19,14 @@ class Method:
     ``defaults``: the authors' settings of the shared options, and of its own options;
     ``weights_first``: the weight step before the architecture step (GDAS' order);
     ``second_order``: whether ``--unrolled`` / ``--hessian exact`` apply;
-    ``one_process``: why it cannot run under torchrun (None: it can).
+    ``one_process``: why it cannot run under torchrun (None: it can);
+    ``architect_class``: the architecture step's class, built as ``Architect(model, options,
+    hessian=..., **architect_options(options))``; None: weight steps alone (a single-path
+    supernet, whose architecture ``searcher`` finds);
+    ``architecture_every``: the weight steps per architecture step (ProxylessNAS: 5);
+    ``alphas``: whether the network's alphas are what the search finds (the genotype read from
+    them each epoch, their pictures, the guards); otherwise ``searcher`` gives the genotype;
+    ``hardware_loss``: whether ``--cost`` applies (alphas over every candidate of every edge).
     """
 
     name = None
@@ -25,6 +35,10 @@ class Method:
     weights_first = False
     second_order = True
     one_process = None
+    architect_class = Architect
+    architecture_every = 1
+    alphas = True
+    hardware_loss = True
 
     def networks(self):
         """(darts_fast's network class, its authors' formulation for ``--reference`` or None)."""
@@ -65,6 +79,19 @@ class Method:
         keeps and the others it names (P-DARTS' skip caps); None where the network's own
         genotype is the result."""
         return None
+
+    def searcher(self, model, options):
+        """What searches beside the weight steps, for a method without alphas (None: nothing):
+        an object with ``end_epoch(job, epoch)`` (after the epoch's steps: ENAS' controller,
+        randomNAS' final evaluation), ``genotype()`` (the architecture found so far, or None),
+        ``text()`` (the epoch's log words), ``state_dict()`` and ``load_state_dict(state)``
+        (plain values: the checkpoint keeps them)."""
+        return None
+
+    def output_lines(self, run, found):
+        """The summary's lines on what a search without alphas leaves in ``run`` (``found``:
+        whether its searcher gave a genotype)."""
+        return [f"genotype:  {run.file('genotype.json')}"] if found else []
 
     def describe(self, options):
         """The banner's words on the method, after its name ('' for none)."""

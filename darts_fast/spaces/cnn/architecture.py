@@ -22,7 +22,8 @@ class CellArchitecture(NamedTuple):
 
     with ``weights`` :math:`w` [edges, candidates], ``edge_scale`` :math:`s` [edges] (PC-DARTS'
     edge normalisation; 1 when None) and ``active`` :math:`A_e` (the candidates edge ``e`` runs,
-    as Python ints: one for GDAS' sampled edge; every candidate when None)."""
+    as Python ints: one for GDAS' sampled edge; none for an edge a single path leaves out, which
+    is then not computed; every candidate when None)."""
 
     weights: torch.Tensor
     edge_scale: Optional[torch.Tensor] = None

@@ -107,8 +107,10 @@ def validate_genotype(genotype):
                                 f"got {len(edges)} pairs")
         for n, (op, j) in enumerate(edges):
             node = n // 2
-            if op not in OPS or op == "none":
-                known = ", ".join(p for p in OPS if p != "none")
+            # 'none' (a zero branch) is the original's too: random search with weight sharing
+            # draws it.
+            if op not in OPS:
+                known = ", ".join(OPS)
                 raise GenotypeError(f"genotype {kind}: unknown operation {op!r} (known: {known})")
             if not 0 <= j < node + 2:
                 raise GenotypeError(f"genotype {kind}: node {node} takes input {j}, but only "

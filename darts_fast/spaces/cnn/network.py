@@ -50,14 +50,16 @@ class Cell(nn.Module):
         states = [s0, s1]
         offset = 0
         for _ in range(self._steps):
-            if active is None:
-                edges = (self._ops[offset + j](h, weights[offset + j])
-                         for j, h in enumerate(states))
-            else:
-                edges = (self._ops[offset + j](h, weights[offset + j], active[offset + j])
-                         for j, h in enumerate(states))
+            # A single path leaves edges out (no candidate active): they are not computed.
+            taken = [j for j in range(len(states)) if active is None or active[offset + j]]
+            if not taken:
+                raise ValueError(f"Cell: node {len(states)} has no active edge")
+            edges = (self._ops[offset + j](states[j], weights[offset + j])
+                     if active is None else
+                     self._ops[offset + j](states[j], weights[offset + j], active[offset + j])
+                     for j in taken)
             if scale is not None:
-                edges = (scale[offset + j] * e for j, e in enumerate(edges))
+                edges = (scale[offset + j] * e for j, e in zip(taken, edges))
             s = sum(edges)
             offset += len(states)
             states.append(s)
