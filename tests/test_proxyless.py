@@ -12,7 +12,7 @@ from helpers import TOLERANCE, rel_err
 
 import darts_fast
 from darts_fast import reference
-from darts_fast.cli import main
+from darts_fast.cli import checkpoint, main
 from darts_fast.methods import proxyless
 from darts_fast.search import hardware_loss
 from darts_fast.spaces.cnn import resources
@@ -222,3 +222,20 @@ def test_darts_searches_with_the_hardware_loss(tmp_path):
         assert main.main([*argv, *extra, "--run_dir", str(tmp_path / name)]) == 0
         alphas.append((tmp_path / name / "alphas_epoch_001.json").read_text())
     assert alphas[0] != alphas[1]
+
+
+def test_a_stopped_and_resumed_proxyless_search_is_bit_identical(tmp_path):
+    """The architecture steps every 5th step and the draws go on as in the search never
+    stopped (the step count starts again each epoch; the generators are in the checkpoint)."""
+    argv = ["search", "--method", "proxyless", "--epochs", "2", "--arch_start_epoch", "0",
+            "--layers", "3", "--init_channels", "4", "--batch_size", "8", "--synthetic_size",
+            "96", "--seed", "2"]
+    assert main.main([*argv, "--run_dir", str(tmp_path / "full")]) == 0
+    assert main.main([*argv, "--run_dir", str(tmp_path / "parts"), "--stop_after_epoch",
+                      "1"]) == 0
+    assert main.main(["search", "--resume", str(tmp_path / "parts")]) == 0
+    a, b = (checkpoint.load(str(tmp_path / name / "checkpoint.pt")) for name in ("full", "parts"))
+    assert all(torch.equal(x, y) for x, y in zip(a["alphas"], b["alphas"]))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # 6 steps an epoch: the 5th of each is an architecture step, 2 in all.
+    assert float(a["architect_optimizer"]["state"][0]["step"]) == 2.0

@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 
 import torch.nn as nn
 
@@ -31,7 +32,7 @@ from . import architecture_outputs, checkpoint, datasets, loaders, runtime
 from . import evolve_options as eo
 from .errors import UsageError
 from .report import RunLog
-from .run_dir import CHECKPOINT, CONFIG, RunDir, RunDirError, hold
+from .run_dir import CHECKPOINT, CONFIG, LOCK, RunDir, RunDirError, hold
 
 STRATEGIES = {"spos": SPOSEvolution, "regularized": RegularizedEvolution, "random": RandomSearch}
 
@@ -56,6 +57,7 @@ def run(options):
             folder.close()
             raise
     else:
+        existed = options.run_dir is not None and os.path.exists(options.run_dir)
         folder, rows = RunDir.create(options.run_dir, "evolve", eo.stored(options)), []
     log = RunLog(folder, "evolve", len(rows) + 1)
     try:
@@ -63,12 +65,34 @@ def run(options):
                  f"; run folder {folder.path}" + (f"; resuming after step {len(rows)}"
                                                   if rows else ""))
         return _evolve(folder, log, model, strategy, scorer, rows)
+    except UsageError:
+        if not options.resume and not rows:  # refused at its first step: it leaves nothing
+            log.close()
+            _empty(folder.path, remove=not existed)
+        raise
     finally:
         log.close()
         folder.close()
 
 
+def _empty(path, remove):
+    """Removes what a refused evolution wrote: the folder it made, or the content of the empty
+    folder it was given (but the lock, which it still holds)."""
+    if remove:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in os.listdir(path):
+        if name != LOCK:
+            target = os.path.join(path, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            else:
+                os.remove(target)
+
+
 def _evolve(folder, log, model, strategy, scorer, rows):
+    if rows:  # a kill between the checkpoint and its outputs left them a step behind
+        _write(folder, log, model, strategy, rows)
     try:
         while not strategy.done:
             row = dict(strategy.step(), scored=scorer.scored)
