@@ -243,6 +243,9 @@ def worker(rank, init_file, out_dir):
             architect.step_batches(wrap(half[0]), wrap(half[1]), ETA, sgd(model), unrolled)
             grads[unrolled] = model.alpha.grad
         torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks done before either tears gloo down: a rank that closes its pairs while the
+        # other still reads them aborts it (std::terminate in gloo's threads).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
