@@ -95,13 +95,10 @@ class SearchJob(loop.Job):
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, self.stage_epochs, eta_min=o.learning_rate_min)
         architect = self.method.architect_class
-        try:
-            self.architect = None if architect is None else reference.Architect(model, o) \
-                if o.reference else architect(stepped, o, hessian=o.hessian,
-                                              **self.method.architect_options(o),
-                                              **hardware_options.architect_options(model, o))
-        except methods.MethodOptionError as e:  # what the architect reads (a cost table)
-            raise UsageError(str(e)) from None
+        self.architect = None if architect is None else reference.Architect(model, o) \
+            if o.reference else architect(stepped, o, hessian=o.hessian,
+                                          **self.method.architect_options(o),
+                                          **hardware_options.architect_options(model, o))
         # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
         graph = device.type == "cuda" and not o.no_cuda_graph and not ranks.distributed \
             and getattr(model, "capturable", True)
@@ -281,10 +278,11 @@ class SearchJob(loop.Job):
         if final is not None:
             kept = (epoch, final[0])
             architecture_outputs.write_named(run, final[1])
+        found = None if self.method.alphas else self.genotype()
         if self.method.alphas:
             architecture_outputs.write(run, log, epoch, self.model, kept=kept)
-        elif self.genotype() is not None:
-            architecture_outputs.write_found(run, log, epoch, self.genotype())
+        elif found is not None:
+            architecture_outputs.write_found(run, log, epoch, found)
         self.guards.write(run, log, epoch)
 
     def describe(self):
