@@ -67,9 +67,9 @@ _HESSIANS = ("finite_difference", "exact")
 
 class Architect:
     """``loss_fn(model, batch)`` returns the loss (a 0-dim tensor) or ``(loss, output)``; by
-    default it is ``model._loss(*batch)``. It is called with the model the architect steps: the
-    module itself where a DDP wrapper is given. A subclass with another virtual step
-    (``search.rnn_architect``) overrides ``_read_args``, ``_virtual_step`` and ``_direction``."""
+    default it is ``model._loss(*batch)``, called with the model the architect steps (the module
+    itself where a DDP wrapper is given). Subclasses override ``_read_args``, ``_virtual_step``,
+    ``_direction`` (``search.rnn_architect``) or ``_finite_difference`` (``compat.ptdarts``)."""
 
     required_args = ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay")
     adam_betas = (0.5, 0.999)
@@ -118,6 +118,7 @@ class Architect:
         self.skipped_steps = None  # a 0-dim int64 tensor once a step has run
 
     default_loss_fn = staticmethod(model_loss)
+    _finite_difference = staticmethod(kernels.multi_tensor_finite_difference)
 
     def _read_args(self, args):
         """Keeps the weights' update rule from ``args``; returns the alphas' Adam learning rate
@@ -272,8 +273,7 @@ class Architect:
             [loss_pos, loss_neg, *grads_pos, *grads_neg], group)
         grads_pos, grads_neg = grads_pm[:n], grads_pm[n:]
         with torch.no_grad():
-            hypergrad = kernels.multi_tensor_finite_difference(dalpha, grads_pos, grads_neg, r,
-                                                               implicit)
+            hypergrad = self._finite_difference(dalpha, grads_pos, grads_neg, r, implicit)
         return _none_where(unused, hypergrad), [loss_train, loss_valid, loss_pos, loss_neg], \
             output
 
