@@ -1,7 +1,8 @@
 """The command line's input pipeline alone (augmented images per second), per loader; the report
 sets it against the images per second of the search step it feeds."""
 import pytest
-from cases import PIPELINE_IMAGES, PIPELINE_LOADERS, input_pipeline, measure
+from cases import measure
+from pipeline_cases import PIPELINE_IMAGES, PIPELINE_LOADERS, input_pipeline
 
 
 @pytest.mark.parametrize("impl", list(PIPELINE_LOADERS))

@@ -244,30 +244,3 @@ def multi_tensor_update(name, impl, device):
         return result
 
     return run
-
-
-# The input pipeline alone: one pass over PIPELINE_IMAGES augmented CIFAR-sized images in batches
-# of the step's size, from the command line's loaders.
-PIPELINE_IMAGES = 2048
-PIPELINE_LOADERS = {"tensor": ("tensor", 0), "dataloader_0_workers": ("dataloader", 0),
-                    "dataloader_2_workers": ("dataloader", 2)}
-
-
-def input_pipeline(name, device):
-    from darts_fast.cli import datasets, loaders
-
-    kind, workers = PIPELINE_LOADERS[name]
-    images, labels = datasets.synthetic_images(PIPELINE_IMAGES, seed=0)
-    options = types.SimpleNamespace(loader=kind, workers=workers, cutout=False, cutout_length=16,
-                                    batch_size=STEP_CONFIG[torch.device(device).type]["batch"])
-    loader = loaders.loader(options, images, labels, range(PIPELINE_IMAGES),
-                            torch.device(device), augment=True, shuffle=True)
-
-    def run():
-        count = 0
-        for x, _ in loader:
-            count += len(x)
-        synchronize(device)
-        return count
-
-    return run

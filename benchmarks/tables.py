@@ -122,7 +122,8 @@ def _median_of(steps, scenario, ours):
 
 def pipeline_table(benchmarks, device):
     """Images per second of each loader against those of the fused search steps they feed."""
-    from cases import PIPELINE_IMAGES, STEP_CONFIG
+    from cases import STEP_CONFIG
+    from pipeline_cases import PIPELINE_IMAGES
 
     batch = STEP_CONFIG[device.type]["batch"]
     lines = ["| input pipeline | images/s | search step (fused) | images/s | pipeline / step |",

@@ -7,6 +7,7 @@ by ``darts_fast.RNNModelSearch`` and ``from architect import Architect`` by ``fr
 import RNNArchitect as Architect``. The command line lives apart, in ``darts_fast.cli``.
 """
 from . import kernels
+from .export import load
 from .methods.gdas import GDASNetwork
 from .methods.pc_darts import PartialChannelMixedOp, PCNetwork
 from .methods.proxyless import ProxylessArchitect, ProxylessNetwork
@@ -24,6 +25,6 @@ __all__ = [
     "Architect", "Cell", "DARTS", "DARTS_V1", "DARTS_V2", "GDASNetwork", "Genotype", "MixedOp",
     "Network", "PCNetwork", "PRIMITIVES", "PartialChannelMixedOp", "ProxylessArchitect",
     "ProxylessNetwork", "RNNArchitect", "RNNModelSearch", "SearchStep", "SinglePathNetwork",
-    "SyncBatchNorm2d", "kernels",
+    "SyncBatchNorm2d", "kernels", "load",
 ]
 __version__ = "0.1.0"

@@ -25,12 +25,12 @@ from helpers import rel_err
 
 import darts_fast
 from darts_fast.methods.pc_darts import PartialChannelMixedOp
+from darts_fast.spaces.cnn.stems import build_stems, cifar_stem
 from darts_fast.spaces.cnn.operations import (
     OPS,
     FactorizedReduce,
     ReLUConvBN,
     forward_fast,
-    stem,
 )
 
 CHANNELS = (1, 2, 4, 7)
@@ -87,7 +87,13 @@ def _modules(C):
         if C % 2 == 0:  # PC-DARTS' candidates see a quarter of the channels, an even number
             yield f"PartialChannelMixedOp stride {stride}", PartialChannelMixedOp(4 * C, stride), \
                 4 * C, stride
-    yield "stem", stem(C), 3, 1
+    for in_channels in (1, 3):  # grayscale and colour images
+        yield f"cifar stem, {in_channels} input channels", cifar_stem(C, in_channels), \
+            in_channels, 1
+        stems = torch.nn.Module()
+        build_stems(stems, "imagenet", 2 * C, in_channels)
+        yield f"imagenet stem, {in_channels} input channels", \
+            torch.nn.Sequential(stems.stem0, stems.stem1), in_channels, 8
 
 
 def _gradients(module, x, weights, g):

@@ -128,9 +128,10 @@ def test_every_option_has_a_help_line_that_shows_its_default(command, monkeypatc
         else:
             assert "default" in text, (flag, text)
     if command == "train":
-        for flag, default in (("--epochs", 600), ("--layers", 20), ("--init_channels", 36),
-                              ("--batch_size", 96)):
-            assert entries[flag].endswith(f"(default {default})")
+        for flag, default, imagenet in (("--epochs", 600, 250), ("--layers", 20, 14),
+                                        ("--init_channels", 36, 48), ("--batch_size", 96, 128)):
+            assert entries[flag].endswith(f"(default {default}; {imagenet} with --dataset "
+                                          f"imagenet)")
     else:
         assert entries["--batch_size"].endswith(
             "default by --method: darts 64, enas 64, gdas 256, pc-darts 256, pdarts 96, "

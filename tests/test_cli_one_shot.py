@@ -83,10 +83,10 @@ def test_evolve_scores_are_the_scorer_by_hand_and_resume_goes_on(spos_run, tmp_p
     model = SinglePathNetwork(4, 10, 3, nn.CrossEntropyLoss())
     model.load_state_dict(state_of(spos_run)["model"])
     ns = type("Options", (), dict(options))
-    images, labels = datasets.search_data(ns)
-    split = datasets.split_point(len(labels), options["train_portion"])
-    train, valid = (loaders.loader(ns, images, labels, idx, torch.device("cpu"), False, False)
-                    for idx in (range(split), range(split, len(labels))))
+    data = datasets.search_data(ns)
+    split = int(options["train_portion"] * len(data))  # the original's split of the images
+    train, valid = (loaders.loader(ns, data, idx, torch.device("cpu"), False, False)
+                    for idx in (range(split), range(split, len(data))))
     best = json.loads((tmp_path / "full" / "genotype.json").read_text())
     arch = from_genotype(parse_genotype(json.dumps(best)), model._primitives, 4)
     valid_two = [b for _, b in zip(range(2), valid)]

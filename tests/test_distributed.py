@@ -15,6 +15,8 @@ import torch.nn as nn
 
 import darts_fast
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)
 ETA, WORLD, STEPS = 0.025, 2, 2

@@ -14,6 +14,8 @@ import torch
 
 from darts_fast.cli import checkpoint, main
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 TINY = ["--layers", "3", "--init_channels", "4", "--batch_size", "4", "--synthetic_size", "24",
         "--device", "cpu", "--unrolled"]
 

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_distributed_cli import TINY, free_port
 
 from darts_fast.cli import checkpoint
+
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
 
 SEARCH = ["-m", "darts_fast", "search", *TINY[:-1], "--epochs", "50"]  # first order: faster
 # gloo's and NCCL's messages name the line of their source that raised.

@@ -101,6 +101,7 @@ def test_perturbed_table_is_sdarts_clip():
         assert torch.allclose(g.sum(1), torch.ones(14, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_noisy_weight_step_matches_sdarts():
     """Two first-order steps (architecture step, then the weight step on the noisy weights)."""
     torch.manual_seed(2)

@@ -78,6 +78,7 @@ def assert_first_derivatives_match(fused, ref, data):
         assert ((f - e).norm() / e.norm()).item() < 1e-10
 
 
+@pytest.mark.slow
 def test_fused_network_matches_the_reference_full_hessian():
     """The folded BatchNorm's double backward (the fused network's default) included."""
     fused, ref = pair(darts_fast.Network, reference.Network)
@@ -91,6 +92,7 @@ def test_fused_network_matches_the_reference_full_hessian():
     assert result.products < spectrum.numel() // 2
 
 
+@pytest.mark.slow
 def test_pc_darts_betas_enter_the_hessian():
     fused, ref = pair(pc_darts.PCNetwork, reference.PCNetwork, C=WIDTH["pc_darts"])
     data = batch(torch.float64)

@@ -3,6 +3,9 @@ child reports each operator's own time."""
 import json
 
 import isa
+import pytest
+
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
 
 
 def test_table_holds_the_ratios():

@@ -17,6 +17,8 @@ from helpers import rel_err
 import darts_fast
 from darts_fast.search.step import SearchStep
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 ARGS = types.SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
                              arch_weight_decay=1e-3)
 ETA = 0.025

@@ -6,6 +6,8 @@ import pytest
 import torch
 from helpers import TOLERANCE, rel_err
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 CPU = torch.device("cpu")
 TINY = dict(C=4, layers=3, batch=2, image=8, dtype="float64",
             evolution=dict(C=4, layers=3, batch=2, image=8, dtype="float64", recalibration=2,

@@ -1,43 +1,220 @@
-"""The images each command trains on: CIFAR-10 (``cifar10.py``) or an offline synthetic stand-in
-of its shape, and the split of a search's images into its training and validation parts."""
+"""The images each command trains on (``image_data.HeldImages`` or ``StreamedImages``): CIFAR-10
+(``cifar10.py``), an offline synthetic stand-in of its shape, or an image folder
+(``image_folder.py``: the user's own images, or ImageNet), and the split of a search's images
+into its training and validation parts.
+
+An image folder without a ``val/`` folder holds out ``--val_fraction`` of each class as the test
+images, the same ones for ``search`` and ``train`` (a draw of its own, whatever ``--seed``): a
+search never sees the images its found network is tested on. The input's size, channels and
+normalisation come from the training images unless given, so both commands agree on them too.
+"""
 import math
 
 import numpy as np
 
-from .cifar10 import NUM_CLASSES, load_cifar10
+from .augmentation import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from .cifar10 import NUM_CLASSES, DataError, load_cifar10
+from .errors import UsageError
+from .image_data import DataInfo, Decoder, HeldImages, StreamedImages, channel_statistics, \
+    headers, parallel
+from .image_folder import ImageFiles, list_images, report_bad, split_folders
+from ..spaces.cnn.stems import SIZE_MULTIPLE, check_image_size, default_stem
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+IMAGENET_SIZE = 224
+IMAGENET_JITTER = (0.4, 0.4, 0.4, 0.2)  # the original train_imagenet.py's ColorJitter
+STATISTICS_SAMPLE = 500  # images decoded to estimate a streamed folder's mean and std
+HOLDOUT_SEED = 20180624
 
 
-def synthetic_images(n, seed):
-    """A learnable offline stand-in for CIFAR-10: 32x32 colour images of oriented stripes whose
-    angle and frequency depend on the class, with random phase, contrast, colour and noise."""
+def synthetic_images(n, seed, size=32, classes=NUM_CLASSES):
+    """A learnable offline stand-in for CIFAR-10: ``size`` x ``size`` colour images of oriented
+    stripes whose angle and frequency depend on the class, with random phase, contrast, colour
+    and noise."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, NUM_CLASSES, size=n)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 32.0
-    angles = labels * (np.pi / NUM_CLASSES) + rng.normal(0, 0.08, n)
+    labels = rng.integers(0, classes, size=n)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / float(size)
+    angles = labels * (np.pi / classes) + rng.normal(0, 0.08, n)
     freqs = 2.0 + (labels % 3) * 1.5
     phases = rng.uniform(0, 2 * np.pi, n)
     proj = (np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy)
     stripes = np.sin(2 * np.pi * freqs[:, None, None] * proj + phases[:, None, None])
     colours = rng.uniform(0.3, 1.0, (n, 1, 1, 3))
-    images = 0.5 + 0.35 * stripes[..., None] * colours + rng.normal(0, 0.12, (n, 32, 32, 3))
+    images = 0.5 + 0.35 * stripes[..., None] * colours + rng.normal(0, 0.12, (n, size, size, 3))
     return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels.astype(np.int64)
 
 
 def search_data(options):
-    """The training images of a search: CIFAR-10's training set, or the synthetic default."""
+    """The training images of a search (a search's own split comes from these)."""
+    if options.dataset in ("imagefolder", "imagenet"):
+        return folder_data(options, with_test=False)[0]
     if options.dataset == "cifar10":
-        return load_cifar10(options.data, train=True)
-    return synthetic_images(options.synthetic_size, seed=12345)
+        return HeldImages(*load_cifar10(options.data, train=True), _cifar_info(options))
+    return HeldImages(*synthetic_images(options.synthetic_size, seed=12345), _cifar_info(options))
 
 
 def train_test_data(options):
+    """The training and the test images of ``train``."""
+    if options.dataset in ("imagefolder", "imagenet"):
+        return folder_data(options, with_test=True)
+    info = _cifar_info(options)
     if options.dataset == "cifar10":
-        return load_cifar10(options.data, train=True), load_cifar10(options.data, train=False)
+        return (HeldImages(*load_cifar10(options.data, train=True), info),
+                HeldImages(*load_cifar10(options.data, train=False), info))
     images, labels = synthetic_images(options.synthetic_size + options.synthetic_size // 4,
                                       seed=12345)
     split = options.synthetic_size
-    return (images[:split], labels[:split]), (images[split:], labels[split:])
+    return (HeldImages(images[:split], labels[:split], info),
+            HeldImages(images[split:], labels[split:], info))
 
 
-def split_point(n, portion):
-    return int(math.floor(portion * n))
+def _cifar_info(options):
+    return DataInfo(options.dataset, CIFAR_CLASSES, 3, 32, CIFAR_MEAN, CIFAR_STD,
+                    options.stem if options.stem != "auto" else "cifar")
+
+
+def folder_data(options, with_test):
+    """(training images, test images or None) of the image folder ``--data``; its ``notes``
+    say what was skipped."""
+    train_dir, val_dir = split_folders(options.data)
+    train = list_images(train_dir)
+    if val_dir is not None:
+        test = list_images(val_dir, train.classes)
+    else:
+        train, test = holdout(train, options.val_fraction)
+    notes = []
+    train, shapes = _usable(train, options, "training images", notes)
+    info = _info(options, train, shapes)
+    if with_test:
+        test, _ = _usable(test, options, "test images", notes)
+    streamed = options.loader == "stream"
+    if streamed:
+        if options.bad_images == "refuse":  # a file cut short shows only when decoded whole
+            for files, what in ((train, "training images"), (test, "test images"))[:1 + with_test]:
+                report_bad(parallel(Decoder(8, info.channels), files.paths, options.workers)[1],
+                           "refuse", what)
+        jitter = IMAGENET_JITTER if options.color_jitter else None
+        sets = [StreamedImages(f.paths, f.labels, info, jitter) for f in (train, test)]
+    else:
+        sets = [_held(f, info, options, what, notes)
+                for f, what in ((train, "training images"), (test, "test images"))[:1 + with_test]]
+        if options.mean is None:  # the statistics of the images trained on
+            mean, std = channel_statistics(sets[0].images)
+            info = _with_statistics(info, mean, std)
+            for s in sets:
+                s.info = info
+    for s in sets:
+        s.notes = notes
+    return sets[0], (sets[1] if with_test else None)
+
+
+def holdout(files, fraction):
+    """(the rest, the held-out test images): ``ceil(fraction * n)`` images of each class of n,
+    drawn with a fixed seed."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    test = np.zeros(len(files.labels), dtype=bool)
+    for label in np.unique(files.labels):
+        members = np.flatnonzero(files.labels == label)
+        count = min(len(members) - 1, math.ceil(fraction * len(members)))
+        test[rng.permutation(members)[:count]] = True
+    return _subset(files, ~test), _subset(files, test)
+
+
+def _subset(files, keep):
+    return ImageFiles(files.classes, tuple(p for p, k in zip(files.paths, keep) if k),
+                      files.labels[keep])
+
+
+def _usable(files, options, what, notes):
+    """``files`` without the images whose header is bad (skipped or refused, by
+    ``--bad_images``) and the (width, height, grey) of those kept."""
+    shapes, bad = headers(files.paths, options.workers)
+    note = report_bad(bad, options.bad_images, what)
+    if note:
+        notes.append(note)
+    keep = np.array([s is not None for s in shapes], dtype=bool)
+    if not keep.any():
+        raise_empty(options, what)
+    return _subset(files, keep), [s for s in shapes if s is not None]
+
+
+def raise_empty(options, what):
+    raise DataError(f"--data {options.data!r}: none of the {what} can be used")
+
+
+def _info(options, train, shapes):
+    """The input the network is built for: given by the options or read from the training
+    images (size: the median shorter side, rounded down to what the stem takes; channels: grey
+    only if every image is grey)."""
+    imagenet = options.dataset == "imagenet"
+    size = options.image_size or (IMAGENET_SIZE if imagenet else
+                                  int(np.median([min(w, h) for w, h, _ in shapes])))
+    stem = options.stem if options.stem != "auto" else \
+        ("imagenet" if imagenet else default_stem(size))
+    if options.image_size is None:
+        size = max(SIZE_MULTIPLE[stem], size // SIZE_MULTIPLE[stem] * SIZE_MULTIPLE[stem])
+    try:
+        check_image_size(stem, size, "--image_size")
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    channels = options.channels or (1 if all(grey for _, _, grey in shapes) else 3)
+    mean, std = options.mean, options.std
+    if mean is None and (imagenet or options.loader == "stream"):
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet and channels == 3 else \
+            _sampled_statistics(train, size, channels, options.workers)
+    return DataInfo(options.dataset, train.classes, channels, size,
+                    tuple(mean or ()), tuple(std or ()), stem)
+
+
+def _with_statistics(info, mean, std):
+    return DataInfo(info.dataset, info.classes, info.channels, info.size, mean, std, info.stem)
+
+
+def _sampled_statistics(files, size, channels, workers):
+    picked = np.linspace(0, len(files.paths) - 1, min(STATISTICS_SAMPLE, len(files.paths)))
+    paths = [files.paths[i] for i in np.unique(picked.astype(int))]
+    pixels, _ = parallel(Decoder(size, channels), paths, workers)
+    return channel_statistics(np.stack([p for p in pixels if p is not None]))
+
+
+def _held(files, info, options, what, notes):
+    """The images of ``files`` decoded (in ``--workers`` processes) into one array."""
+    pixels, bad = parallel(Decoder(info.size, info.channels), files.paths, options.workers)
+    note = report_bad(bad, options.bad_images, what)
+    if note:
+        notes.append(note)
+    keep = np.array([p is not None for p in pixels], dtype=bool)
+    if not keep.any():
+        raise_empty(options, what)
+    images = np.stack([p for p in pixels if p is not None])
+    return HeldImages(images, files.labels[keep], info)
+
+
+def search_split(labels, options):
+    """The indices of the images a search's weights and alphas learn from: the first
+    ``--train_portion`` of the images and the rest, or with ``--subset W A`` the shares W and A
+    of each class, drawn apart with ``--seed``."""
+    n = len(labels)
+    if options.subset is None:
+        split = int(math.floor(options.train_portion * n))
+        if split < 1 or split >= n:
+            raise UsageError(f"--train_portion {options.train_portion} leaves an empty split of "
+                             f"{n} images")
+        return range(split), range(split, n)
+    weights_share, arch_share = options.subset
+    if weights_share + arch_share > 1:
+        raise UsageError(f"--subset {weights_share} {arch_share}: the two shares are drawn apart "
+                         f"and must add up to at most 1")
+    rng = np.random.default_rng(options.seed)
+    weights, arch = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        taken = max(1, round(weights_share * len(members)))
+        weights.append(members[:taken])
+        arch.append(members[taken:taken + max(1, round(arch_share * len(members)))])
+    weights, arch = np.sort(np.concatenate(weights)), np.sort(np.concatenate(arch))
+    if len(arch) == 0:
+        raise UsageError(f"--subset {weights_share} {arch_share} leaves no image for the alphas "
+                         f"({n} images)")
+    return weights, arch

@@ -33,6 +33,7 @@ from . import evolve_options as eo
 from .errors import UsageError
 from .report import RunLog
 from .run_dir import CHECKPOINT, CONFIG, LOCK, RunDir, RunDirError, hold
+from .stored_run import ADDED_LATER
 
 STRATEGIES = {"spos": SPOSEvolution, "regularized": RegularizedEvolution, "random": RandomSearch}
 
@@ -46,8 +47,8 @@ def run(options):
     else:
         eo.resolve(options)
     device = runtime.auto_device(options)
-    model, search = _supernet(options.run, device)
-    strategy, scorer = _strategy(options, model, search, device)
+    model, search, data = _supernet(options.run, device)
+    strategy, scorer = _strategy(options, model, search, data, device)
     if options.resume:
         folder = RunDir(options.resume, hold(options.resume), config)
         try:
@@ -182,13 +183,16 @@ def _supernet(path, device):
         raise UsageError(f"RUN: {e}") from None
     if state.get("run_id") != config.get("run_id"):
         raise UsageError(f"RUN: {CHECKPOINT} in {path!r} belongs to another run")
-    search = argparse.Namespace(**search)
+    search = argparse.Namespace(**{**ADDED_LATER, **search})
+    data = datasets.search_data(search)
     options = {k: search.__dict__[k] for k in ("conv_bias", "track_running_stats")
                if search.__dict__.get(k) is not None}
+    options.update(data.info.network_options())
     if search.primitives is not None:
         options["primitives"] = search.primitives.split(",")
     try:
-        model = SinglePathNetwork(search.init_channels, 10, search.layers, nn.CrossEntropyLoss(),
+        model = SinglePathNetwork(search.init_channels, data.info.num_classes, search.layers,
+                                  nn.CrossEntropyLoss(),
                                   sample_none=search.method == "random-ws", **options)
         model.load_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError) as e:
@@ -196,16 +200,14 @@ def _supernet(path, device):
         raise UsageError(f"RUN: the supernet of the --method {search.method} search in "
                          f"{path!r} is not DARTS' network, which evolve searches ({first})") \
             from None
-    return model.to(device), search
+    return model.to(device), search, data
 
 
-def _strategy(options, model, search, device):
+def _strategy(options, model, search, data, device):
     """The strategy over the supernet's paths, and its scorer."""
     search.batch_size = options.batch_size or search.batch_size
-    images, labels = datasets.search_data(search)
-    split = datasets.split_point(len(labels), search.train_portion)
-    train, valid = (loaders.loader(search, images, labels, indices, device, False, False)
-                    for indices in (range(split), range(split, len(labels))))
+    train, valid = (loaders.loader(search, data, indices, device, False, False)
+                    for indices in datasets.search_split(data.labels, search))
     scorer = PathScorer(model, lambda: train, recalibration=options.recalibration_batches)
 
     def batches(limit):

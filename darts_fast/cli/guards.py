@@ -239,6 +239,12 @@ class Guards:
                 f"weight decay {before:g} -> {self.ada['weight_decay']:g} (iteration "
                 f"{self.ada['iteration']})")
 
+    def apply_weight_decay(self, optimizer, architect):
+        """DARTS-ADA's weight decay of the weights, in their optimizer and the virtual step."""
+        for group in optimizer.param_groups:
+            group["weight_decay"] = self.ada["weight_decay"]
+        architect.network_weight_decay = self.ada["weight_decay"]
+
     def state_dict(self):
         return {"history": self.history, "stopped": self.stopped, "ada": self.ada,
                 "rollback": self.rollback,

@@ -1,9 +1,12 @@
-"""The loaders that feed a step with augmented batches (``augmentation.py``), two of them:
+"""The loaders that feed a step with augmented batches (``augmentation.py``), three of them:
 
   * ``TensorLoader`` (the default): the whole uint8 data set lives on the training device and
     each batch is gathered and augmented there in a few batched ops: no workers, no host copies;
   * ``torch.utils.data.DataLoader`` over ``ImageDataset`` with worker processes and pinned memory
-    (``--loader dataloader --workers N``).
+    (``--loader dataloader --workers N``);
+  * ``torch.utils.data.DataLoader`` over ``image_stream.StreamDataset`` (``--loader stream``): an
+    image folder decoded and cropped in the workers each epoch, flipped, jittered and normalised
+    on the device.
 
 On several processes (``torchrun``) both take this rank's shard of each pass (``ShardedOrder``).
 
@@ -20,24 +23,28 @@ from torch.utils.data import (
     SubsetRandomSampler,
 )
 
-from .augmentation import normalize, random_augment
+from .augmentation import Normalization, flip_augment, random_augment
+from .image_data import StreamedImages
+from .image_stream import StreamDataset
 
 
 class ImageDataset(Dataset):
     """uint8 NHWC images with labels, one sample at a time (for a DataLoader with workers)."""
 
-    def __init__(self, images, labels, augment, cutout_length=0):
+    def __init__(self, images, labels, augment, cutout_length, normalize):
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2)  # a view: NCHW uint8
         self.labels = torch.from_numpy(labels)
         self.augment = augment
         self.cutout_length = cutout_length
+        self.normalize = normalize
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
         x = self.images[i:i + 1]
-        x = random_augment(x, self.cutout_length) if self.augment else normalize(x.float() / 255)
+        x = random_augment(x, self.cutout_length, self.normalize) if self.augment else \
+            self.normalize(x.float() / 255)
         return x[0], self.labels[i]
 
 
@@ -74,7 +81,8 @@ class TensorLoader:
     same indices), this rank's shard of each pass."""
 
     def __init__(self, images, labels, indices, batch_size, device, augment, shuffle,
-                 cutout_length=0, shards=None):
+                 cutout_length=0, shards=None, normalize=Normalization()):
+        self.normalize = normalize
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(labels).to(device)
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
@@ -95,40 +103,54 @@ class TensorLoader:
         order = order.to(self.images.device)
         for batch in order.split(self.batch_size):
             x = self.images[batch]
-            x = random_augment(x, self.cutout_length) if self.augment else \
-                normalize(x.float() / 255)
+            x = random_augment(x, self.cutout_length, self.normalize) if self.augment else \
+                self.normalize(x.float() / 255)
             yield x, self.labels[batch]
 
 
-def loader(options, images, labels, indices, device, augment, shuffle, ranks=None):
-    """The loader ``options.loader`` names over ``images[indices]`` (this rank's shards of them
-    when ``ranks`` is distributed); batches arrive on ``device``. Its ``shards`` attribute is
-    the ``ShardedOrder`` (None for one process)."""
+def loader(options, data, indices, device, augment, shuffle, ranks=None):
+    """The loader ``options.loader`` names over ``data[indices]`` (``image_data.HeldImages`` or
+    ``StreamedImages``; this rank's shards of them when ``ranks`` is distributed); batches
+    arrive on ``device``. Its ``shards`` attribute is the ``ShardedOrder`` (None for one
+    process)."""
     cutout = options.cutout_length if augment and options.cutout else 0
+    normalize = Normalization(data.info.mean, data.info.std)
     shards = ShardedOrder(indices, ranks.rank, ranks.world, options.seed, shuffle) \
         if ranks is not None and ranks.distributed else None
     if options.loader == "tensor":
-        return TensorLoader(images, labels, indices, options.batch_size, device, augment,
-                            shuffle, cutout, shards)
-    dataset = ImageDataset(images, labels, augment, cutout)
+        return TensorLoader(data.images, data.labels, indices, options.batch_size, device,
+                            augment, shuffle, cutout, shards, normalize)
+    if isinstance(data, StreamedImages):
+        info = data.info
+        dataset = StreamDataset(data.paths, data.labels, info.size, info.channels, augment)
+        jitter = data.jitter if augment else None
+        transform = (lambda x: flip_augment(x, normalize, jitter)) if augment else \
+            (lambda x: normalize(x.float().div_(255)))
+    else:
+        dataset = ImageDataset(data.images, data.labels, augment, cutout, normalize)
+        transform = None
     sampler = shards if shards is not None else \
         (SubsetRandomSampler(indices) if shuffle else list(indices))
     return _ToDevice(DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
                                 num_workers=options.workers,
                                 pin_memory=device.type == "cuda",
-                                persistent_workers=options.workers > 0), device, shards)
+                                persistent_workers=options.workers > 0), device, shards,
+                     transform)
 
 
 class _ToDevice:
-    def __init__(self, loader, device, shards):
+    def __init__(self, loader, device, shards, transform=None):
         self.loader, self.device, self.shards = loader, device, shards
+        self.transform = transform
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
         for x, y in self.loader:
-            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+            x = x.to(self.device, non_blocking=True)
+            yield (x if self.transform is None else self.transform(x),
+                   y.to(self.device, non_blocking=True))
 
 
 def endless(loader):

@@ -33,6 +33,8 @@ class Job:
     finished = None  # the summary's first words when every epoch is done
     metric = Meter.metric
     lr_option = "--learning_rate"  # named when an epoch diverges
+    data_info = None  # a CNN job's input description (image_data.DataInfo), kept in data.json
+    notes = ()  # lines for the log before the first epoch (images skipped)
 
     def __init__(self, options, model, optimizer, scheduler, criterion, device, ranks=None):
         self.options, self.model, self.optimizer = options, model, optimizer
@@ -177,6 +179,8 @@ def _run(job):
             log.info(f"{job.describe()}; {threads} CPU thread{'s' if threads > 1 else ''}; "
                      f"run folder {folder.path}"
                      + (f"; resuming after epoch {start}" if start else ""))
+            for note in job.notes:
+                log.info(note)
             change = thread_change(job, state) if state is not None else None
             if change:
                 log.info(change)

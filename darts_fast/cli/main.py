@@ -12,10 +12,11 @@ import sys
 import torch
 
 from ..spaces.genotype_text import GenotypeError
-from . import (evolve, evolve_options, profile, rnn_options, rnn_search, rnn_train, search,
-               search_options, train)
+from . import (data_options, evolve, evolve_options, export, make_images, profile,
+               rnn_options, rnn_search, rnn_train, search, search_options, train,
+               train_options)
 from .errors import Diverged, FollowerStopped, RankFailure, UsageError
-from .options import Parser, common_options, fraction, non_negative
+from .options import Parser
 from .ranks import TERMINATED, Terminated, environment_rank, under_torchrun
 from .run_dir import RunDirError, check_new_folder
 from .runtime import cpu_threads
@@ -44,17 +45,9 @@ def build_parser(space="cnn"):
     s.set_defaults(job=search.run)
 
     t = sub.add_parser("train", allow_abbrev=False,
-                       help="train a found architecture (the original train.py)")
-    common_options(t, batch_size=96, epochs=600, init_channels=36, layers=20, seed_default=0)
-    t.add_argument("--genotype", default=None,
-                   help="a genotype JSON file, a name (DARTS, DARTS_V1, DARTS_V2) or the text "
-                        "Genotype(normal=[...], normal_concat=..., reduce=[...], ...); no "
-                        "default: required")
-    t.add_argument("--auxiliary", action="store_true", help="use the auxiliary tower")
-    t.add_argument("--auxiliary_weight", type=non_negative, default=0.4,
-                   help="the auxiliary tower's share of the loss")
-    t.add_argument("--drop_path_prob", type=fraction, default=0.2,
-                   help="drop path probability of the last epoch, reached linearly from 0")
+                       help="train a found architecture (the original train.py, or "
+                            "train_imagenet.py with --dataset imagenet)")
+    train_options.add_train_options(t)
     rnn_options.add_space_option(t, "cnn")
     t.set_defaults(job=train.run)
 
@@ -68,7 +61,18 @@ def build_parser(space="cnn"):
                             "table (--method proxyless --cost latency)")
     profile.add_arguments(p)
     p.set_defaults(job=profile.run)
-    return parser, {"search": s, "train": t, "evolve": e, "profile": p}
+    x = sub.add_parser("export", allow_abbrev=False,
+                       help="write a train or search run's network as files to deploy "
+                            "(model.pt, TorchScript, ONNX) that darts_fast.load reads")
+    export.add_arguments(x)
+    x.set_defaults(job=export.run)
+    m = sub.add_parser("make-images", allow_abbrev=False,
+                       help="write a small synthetic image-folder data set (to try --data on "
+                            "images of any size)")
+    make_images.add_arguments(m)
+    m.set_defaults(job=make_images.run)
+    return parser, {"search": s, "train": t, "evolve": e, "profile": p, "export": x,
+                    "make-images": m}
 
 
 def main(argv=None):
@@ -84,9 +88,9 @@ def main(argv=None):
     try:
         parser, commands = build_parser(chosen_space(argv))
         args = parser.parse_args(argv)
-        if args.command in ("evolve", "profile"):  # no epochs: their own run handling
+        if args.command in ("evolve", "profile", "export", "make-images"):  # no epochs
             args.given = _given(commands[args.command], argv[1:])
-            with cpu_threads(args.threads or torch.get_num_threads()):
+            with cpu_threads(getattr(args, "threads", None) or torch.get_num_threads()):
                 return args.job(args)
         options = resolve_options(args, commands[args.command], argv[1:])
         with cpu_threads(options.threads):
@@ -151,7 +155,7 @@ def resolve_options(args, command_parser, argv):
         if args.allow_thread_change:
             raise UsageError("--allow_thread_change is for --resume (a new run records the "
                              "thread count it runs on)")
-        _check_data_options(options)
+        _check_data_options(options, args.command)
         if options.space == "cnn" and args.command == "search":
             search_options.resolve_method(options)
         if options.space == "rnn":
@@ -167,7 +171,8 @@ def resolve_options(args, command_parser, argv):
                          f"--{', --'.join(RESUMABLE)} can)")
     config = read_config(args.resume, args.command)  # the job holds the folder before using it
     overrides = {name: getattr(args, name) for name in given if name not in NOT_STORED}
-    saved = _parse_saved(command_parser, {**config["options"], **overrides}, args.resume)
+    saved = _parse_saved(command_parser, {**config["options"], **overrides}, args.resume,
+                         args.command)
     saved.resume, saved.run_dir, saved.stop_after_epoch = args.resume, args.resume, \
         args.stop_after_epoch
     saved.threads, saved.allow_thread_change = options.threads, args.allow_thread_change
@@ -176,17 +181,13 @@ def resolve_options(args, command_parser, argv):
     return saved
 
 
-def _check_data_options(options):
+def _check_data_options(options, command):
     if options.space == "rnn":
         rnn_options.check_data_options(options)
         return
-    if options.dataset is None:
-        options.dataset = "cifar10" if options.data else "synthetic"
-    if options.dataset == "cifar10" and not options.data:
-        raise UsageError("--dataset cifar10 needs --data (the CIFAR-10 folder or archive)")
-    if options.dataset == "synthetic" and options.data:
-        raise UsageError("--data is for --dataset cifar10; the synthetic data set reads no "
-                         "files")
+    data_options.check_data_options(options, command)
+    if command == "train":
+        train_options.resolve_train_defaults(options)
 
 
 def _given(command_parser, argv):
@@ -198,7 +199,7 @@ def _given(command_parser, argv):
     return names
 
 
-def _parse_saved(command_parser, saved, where):
+def _parse_saved(command_parser, saved, where, command):
     """The saved options, put through the same checks as the command line."""
     actions = {a.dest: a for a in command_parser._actions if a.option_strings}
     expected = set(actions) - set(NOT_STORED) - {"help"}
@@ -238,5 +239,5 @@ def _parse_saved(command_parser, saved, where):
     except UsageError as e:
         raise UsageError(f"config.json in {where!r} holds a bad option: {e}") from None
     parsed = argparse.Namespace(**{k: v for k, v in vars(parsed).items() if k != "job"})
-    _check_data_options(parsed)
+    _check_data_options(parsed, command)
     return parsed

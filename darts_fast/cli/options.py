@@ -82,24 +82,6 @@ def folder_name(text):
 
 
 def common_options(p, batch_size, epochs, init_channels, layers, seed_default):
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=["synthetic", "cifar10"], default=None,
-                      help="cifar10 (needs --data) or the offline synthetic default; "
-                           "default: cifar10 when --data is given, else synthetic")
-    data.add_argument("--data", type=folder_name, default=None,
-                      help="the CIFAR-10 python batches: their folder or cifar-10-python.tar.gz "
-                           "(default: none, the synthetic data)")
-    data.add_argument("--synthetic_size", type=positive_int, default=2000,
-                      help="number of synthetic training images (default %(default)s)")
-    data.add_argument("--loader", choices=["tensor", "dataloader"], default="tensor",
-                      help="tensor: the data set on the training device, batches augmented "
-                           "there; dataloader: torch DataLoader with --workers")
-    data.add_argument("--workers", type=non_negative_int, default=2,
-                      help="worker processes of --loader dataloader (default %(default)s)")
-    data.add_argument("--cutout", action="store_true",
-                      help="cut a random square out of each training image")
-    data.add_argument("--cutout_length", type=positive_int, default=16,
-                      help="the side of --cutout's square, in pixels")
     p.add_argument("--batch_size", type=positive_int, default=batch_size,
                    help="images per step (per process under torchrun); a split of fewer "
                         "images is one batch of them all")

@@ -9,7 +9,7 @@ import torch
 from . import checkpoint
 from .errors import FollowerStopped, UsageError, first_line
 from .run_dir import RunDir, RunDirError, metric_fields
-from .stored_run import RESUMABLE, reopen, stored_option, stored_options, verify
+from .stored_run import RESUMABLE, keep_data_info, reopen, stored_option, stored_options, verify
 
 
 def open_run(job):
@@ -25,6 +25,8 @@ def open_run(job):
     try:
         folder, state, rows, behind = _open_folder(job)
         try:
+            if job.data_info is not None:  # before a checkpoint meets a network of other data
+                keep_data_info(folder, job.data_info)
             restore(job, state)
             if job.options.resume:
                 folder.update_options(stored_options(job.options))

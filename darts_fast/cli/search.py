@@ -15,44 +15,40 @@ from .. import kernels, methods, reference
 from ..search.distributed import check_identical
 from ..search.step import CaptureError, SearchStep
 from ..search.sync_batch_norm import SyncBatchNorm2d
-from . import (architecture_outputs, cifar10, datasets, guards, hardware_options, loaders, loop,
-               runtime, search_options, search_state)
+from . import (architecture_outputs, datasets, guards, hardware_options, loaders, loop,
+               runtime, search_options, search_state, warmup)
 from . import ranks as ranks_
 from .errors import Diverged, UsageError
+
 
 def run(options):
     if not kernels.has_ops():  # before the run folder is touched
         raise UsageError(str(kernels.unavailable("darts-fast search")))
     method = methods.get(options.method)
     search_options.check_search(options, method, ranks_.under_torchrun())
-    images, labels = datasets.search_data(options)
-    split = datasets.split_point(len(labels), options.train_portion)
-    if split < 1 or split >= len(labels):
-        raise UsageError(f"--train_portion {options.train_portion} leaves an empty split of "
-                         f"{len(labels)} images")
+    data = datasets.search_data(options)
+    split = datasets.search_split(data.labels, options)  # the weights' images, the alphas'
     ranks, device = ranks_.start(options, runtime.auto_device(options))
     try:
-        return loop.run(_job(options, method, images, labels, split, ranks, device))
+        return loop.run(_job(options, method, data, split, ranks, device))
     finally:
         ranks.close()
 
 
-def _job(options, method, images, labels, split, ranks, device):
+def _job(options, method, data, split, ranks, device):
     runtime.seed_everything(options.seed)  # the same seed everywhere: the same model on every rank
     job = SearchJob(options, None, None, None, nn.CrossEntropyLoss(), device, ranks)
-    job.method = method
+    job.method, job.data_info, job.notes = method, data.info, data.notes
     job.stage_epochs = options.epochs // method.stages(options)
     job.stage, job.stage_network = 0, method.stage_network(0, options, None)
     model = job.build_network()
     job.guards = guards.Guards(options, model, ranks)
     job.start(model)
     job.searcher = method.searcher(model, options)
-    job.split_images = (split, len(labels) - split)
+    job.split_images = tuple(map(len, split))
     # The original draws validation batches from the training set, with the training transform.
-    job.train_loader = loaders.loader(options, images, labels, range(split), device, True, True,
-                                      ranks)
-    job.valid_loader = loaders.loader(options, images, labels, range(split, len(labels)), device,
-                                      True, True, ranks)
+    job.train_loader, job.valid_loader = (loaders.loader(options, data, images, device, True,
+                                                         True, ranks) for images in split)
     return job
 
 
@@ -74,8 +70,13 @@ class SearchJob(loop.Job):
             built["fold_batch_norm"] = False
         if o.aux_skip is not None:
             built["auxiliary_skip"] = True
+        info = self.data_info
+        if o.reference and info.network_options():
+            raise UsageError("--reference builds the original's network, which has the CIFAR "
+                             "stem and RGB input; leave --reference out for this data")
+        built.update(info.network_options())
         try:
-            model = method.networks()[o.reference](o.init_channels, cifar10.NUM_CLASSES, layers,
+            model = method.networks()[o.reference](o.init_channels, info.num_classes, layers,
                                                    self.criterion, **built).to(self.device)
         except ValueError as e:  # options the network refuses (a candidate that cannot take them)
             raise UsageError(str(e)) from None
@@ -98,7 +99,8 @@ class SearchJob(loop.Job):
         self.architect = None if architect is None else reference.Architect(model, o) \
             if o.reference else architect(stepped, o, hessian=o.hessian,
                                           **self.method.architect_options(o),
-                                          **hardware_options.architect_options(model, o))
+                                          **hardware_options.architect_options(model, o),
+                                          **search_options.architect_clip(o))
         # GDAS' forward pass reads its sampled candidates on the host, which a graph cannot hold.
         graph = device.type == "cuda" and not o.no_cuda_graph and not ranks.distributed \
             and getattr(model, "capturable", True)
@@ -145,7 +147,11 @@ class SearchJob(loop.Job):
             if step is not None:
                 step.release_graphs()
 
+    def learning_rate(self):
+        return warmup.rate(self.optimizer, self.options, self.epoch, super().learning_rate())
+
     def end_epoch(self):
+        warmup.restore(self.optimizer, self.scheduler, self.options, self.epoch)
         super().end_epoch()
         if self.searcher is not None:
             self.searcher.end_epoch(self, self.epoch)
@@ -213,18 +219,11 @@ class SearchJob(loop.Job):
 
     def rolled_back(self, carried):
         message = self.guards.rolled_back(carried)
-        self._take_weight_decay()
+        self.guards.apply_weight_decay(self.optimizer, self.architect)
         return message
 
     def epoch_checkpoints(self):
         return guards.ROLLBACK_WINDOW if self.guards.ada else 0
-
-    def _take_weight_decay(self):
-        """DARTS-ADA's weight decay of the weights, in their optimizer and the virtual step."""
-        weight_decay = self.guards.ada["weight_decay"]
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = weight_decay
-        self.architect.network_weight_decay = weight_decay
 
     def epoch_text(self):
         stages = self.options.epochs // self.stage_epochs
@@ -252,7 +251,7 @@ class SearchJob(loop.Job):
         if self.searcher is not None:
             self.searcher.load_state_dict(state["searcher"])
         if self.guards.ada:
-            self._take_weight_decay()
+            self.guards.apply_weight_decay(self.optimizer, self.architect)
         if self.ranks.distributed:
             for loader, passes in zip((self.train_loader, self.valid_loader),
                                       state["loader_passes"]):

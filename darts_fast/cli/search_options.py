@@ -7,6 +7,7 @@ from ..spaces.cnn.genotypes import PRIMITIVES, check_primitives
 from . import guards, hardware_options, loaders
 from . import options as kinds
 from .errors import UsageError
+from .data_options import add_data_options
 from .options import (common_options, hessian_option, non_negative, non_negative_int, portion,
                       positive_int)
 
@@ -22,6 +23,7 @@ def candidate_list(text):
 def add_search_options(s):
     common_options(s, batch_size=None, epochs=None, init_channels=16, layers=None,
                    seed_default=2)
+    add_data_options(s)
     registered = methods_.methods()
     s.add_argument("--method", choices=sorted(registered), default="darts",
                    help="; ".join(f"{name}: {m.summary}" for name, m in sorted(registered.items()))
@@ -38,11 +40,21 @@ def add_search_options(s):
     s.add_argument("--train_portion", type=portion, default=0.5,
                    help="the share of the training images the weights learn from; the rest "
                         "is the validation split the alphas learn from")
+    s.add_argument("--subset", type=portion, nargs=2, default=None, metavar=("WEIGHTS", "ARCH"),
+                   help="instead of --train_portion: the shares of each class of the training "
+                        "images the weights and the alphas learn from, drawn apart (PC-DARTS' "
+                        "ImageNet search: 0.1 0.025) (default: none)")
+    s.add_argument("--warmup_epochs", type=non_negative_int, default=0,
+                   help="epochs over which the weights' learning rate rises linearly to "
+                        "--learning_rate (PC-DARTS' ImageNet search: 5) (default %(default)s)")
     s.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
     s.add_argument("--arch_learning_rate", type=non_negative, default=None,
                    help="the alphas' Adam learning rate")
     s.add_argument("--arch_weight_decay", type=non_negative, default=1e-3,
                    help="the alphas' weight decay")
+    s.add_argument("--arch_grad_clip", type=non_negative, default=None,
+                   help="the largest norm of the alphas' gradient in a step (PC-DARTS' ImageNet "
+                        "search: 5) (default: not clipped)")
     s.add_argument("--arch_start_epoch", type=non_negative_int, default=None,
                    help="epochs of weight steps alone before the architecture steps begin "
                         "(must be fewer than --epochs)")
@@ -79,6 +91,11 @@ def add_search_options(s):
     s.add_argument("--original_valid_sampling", action="store_true",
                    help="draw each step's validation batch from a new iterator, as the original "
                         "does (default: one iterator per epoch, every validation image once)")
+
+
+def architect_clip(options):
+    """The architect's ``grad_clip`` where --arch_grad_clip is given."""
+    return {} if options.arch_grad_clip is None else {"grad_clip": options.arch_grad_clip}
 
 
 def own_options(method):

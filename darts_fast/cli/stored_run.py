@@ -24,7 +24,12 @@ NOT_STORED = ("resume", "run_dir", "stop_after_epoch", "command", "saved_config"
 ADDED_LATER = {"nesterov": False, "threads": None, "primitives": None, "space": "cnn",
                "hessian_eigenvalue": False, "early_stop": None, "alpha_noise": None,
                "aux_skip": None, "aux_skip_decay": None, "adaptive_regularisation": False,
-               "cost": None, "cost_table": None, "cost_reference": None}
+               "cost": None, "cost_table": None, "cost_reference": None, "image_size": None,
+               "channels": None, "stem": "auto", "mean": None, "std": None,
+               "val_fraction": 0.1, "bad_images": "skip", "color_jitter": False,
+               "label_smoothing": 0.0, "lr_schedule": "cosine", "lr_gamma": 0.97,
+               "lr_decay_period": 1, "subset": None, "warmup_epochs": 0,
+               "arch_grad_clip": None}
 
 
 def stored_option(options, name, absent=None):
@@ -136,3 +141,26 @@ def read_config(path, command):
     if config["command"] != command:
         raise RunDirError(f"--resume {path!r} is a {config['command']} run, not a {command} run")
     return config
+
+
+DATA = "data.json"
+
+
+def keep_data_info(run, info):
+    """Writes the run's input description (``image_data.DataInfo``) to data.json, or on a resumed
+    run checks that the data read now is the data the run began on (images added to or removed
+    from a folder change its classes or statistics, and the network would no longer fit)."""
+    path = run.file(DATA)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path!r} cannot be read ({e}); refusing to resume") from None
+        if saved != info.to_json():
+            changed = sorted(k for k, v in info.to_json().items() if saved.get(k) != v)
+            raise RunDirError(f"the data read now differs from the data the run in "
+                              f"{run.path!r} began on ({', '.join(changed)} changed; see "
+                              f"{DATA}); refusing to resume")
+        return
+    run.write_json(DATA, info.to_json())

@@ -1,11 +1,13 @@
 """``darts-fast train``: the original ``train.py``, training a found cell (a genotype) from
-scratch, with drop path, the auxiliary head and cutout; each epoch leaves the test accuracy."""
+scratch, with drop path, the auxiliary head and cutout; each epoch leaves the test accuracy. On
+ImageNet-sized images (the ImageNet stem) the network is the original ``NetworkImageNet``, with
+``train_imagenet.py``'s settings under ``--dataset imagenet`` (``train_options.py``)."""
 import torch
 import torch.nn as nn
 
-from ..spaces.cnn.eval_model import NetworkCIFAR
+from ..export_model import ExportError, build_network, network_spec
 from ..spaces.cnn.genotypes import genotype_text, genotype_to_dict, parse_genotype
-from . import cifar10, datasets, loaders, loop, ranks, runtime
+from . import datasets, loaders, loop, ranks, runtime
 from .errors import UsageError
 
 
@@ -16,23 +18,28 @@ def run(options):
         raise UsageError("train needs --genotype (a JSON file, a name, or Genotype(...) text)")
     genotype = parse_genotype(options.genotype)
     device = runtime.auto_device(options)
-    (train_images, train_labels), (test_images, test_labels) = datasets.train_test_data(options)
+    train, test = datasets.train_test_data(options)
     runtime.seed_everything(options.seed)
+    # The network's spec, kept in network.json: what darts-fast export builds again.
+    spec = network_spec(genotype, options.init_channels, train.info.num_classes, options.layers,
+                        options.auxiliary, train.info.to_json())
     try:
-        model = NetworkCIFAR(options.init_channels, cifar10.NUM_CLASSES, options.layers,
-                             options.auxiliary, genotype).to(device)
-    except ValueError as e:
-        raise UsageError(f"--auxiliary: {e}") from None
+        model = build_network(spec, "train", fork_rng=False).train().to(device)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
     optimizer = torch.optim.SGD(model.parameters(), options.learning_rate,
                                 momentum=options.momentum, weight_decay=options.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.epochs)
-    job = TrainJob(options, model, optimizer, scheduler, nn.CrossEntropyLoss(), device)
-    job.genotype = genotype
-    job.train_images = len(train_labels)
-    job.train_loader = loaders.loader(options, train_images, train_labels,
-                                      range(len(train_labels)), device, True, True)
-    job.test_loader = loaders.loader(options, test_images, test_labels, range(len(test_labels)),
-                                     device, False, False)
+    if options.lr_schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, options.lr_decay_period,
+                                                    gamma=options.lr_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.epochs)
+    criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    job = TrainJob(options, model, optimizer, scheduler, criterion, device)
+    job.genotype, job.data_info, job.notes, job.spec = genotype, train.info, train.notes, spec
+    job.train_images = len(train)
+    job.train_loader = loaders.loader(options, train, range(len(train)), device, True, True)
+    job.test_loader = loaders.loader(options, test, range(len(test)), device, False, False)
     return loop.run(job)
 
 
@@ -68,6 +75,7 @@ class TrainJob(loop.Job):
     def write_outputs(self, run, log, epoch, rows):
         run.write_json("genotype.json", dict(genotype_to_dict(self.genotype),
                                              text=genotype_text(self.genotype)))
+        run.write_json("network.json", self.spec)
         run.write_json("final.json", {
             "epochs_done": epoch, "epochs": self.options.epochs,
             "test_acc": float(rows[-1]["valid_acc"]), "test_loss": float(rows[-1]["valid_loss"]),

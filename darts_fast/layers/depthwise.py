@@ -38,8 +38,9 @@ def is_depthwise(conv):
 
 def conv2d(conv, x):
     """``conv(x)``, through the faster input gradient when ``conv`` is depthwise and runs on the
-    CPU (cuDNN's own depthwise gradient is left in place on CUDA)."""
-    if x.device.type != "cpu" or not is_depthwise(conv):
+    CPU (cuDNN's own depthwise gradient is left in place on CUDA); a trace (TorchScript export)
+    records the plain convolution, which it can save."""
+    if x.device.type != "cpu" or torch.jit.is_tracing() or not is_depthwise(conv):
         return conv(x)
     return _DepthwiseConv2d.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation)
 

@@ -1,5 +1,10 @@
-"""The network that trains a found architecture (the original's NetworkCIFAR): cells built from a
-genotype, an auxiliary head, drop path."""
+"""The networks that train a found architecture (the original's NetworkCIFAR and
+NetworkImageNet): cells built from a genotype, an auxiliary head, drop path.
+
+Both take ``in_channels`` (1 for grayscale images) and ``image_size``, the side of the square
+input, which only the auxiliary head reads: at the original's sizes (32 for CIFAR, 224 for
+ImageNet) it pools as the original does; at other sizes its 5x5 average pool becomes an adaptive
+pool to the same 2x2 map, so its weights keep their shapes."""
 import torch
 import torch.nn as nn
 
@@ -11,8 +16,8 @@ from .operations import (
     ReLUConvBN,
     forward_fast,
     reduction_cells,
-    stem,
 )
+from .stems import build_stems, cell_resolution, run_stems
 
 
 def drop_path(x, drop_prob):
@@ -61,14 +66,22 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """Auxiliary classifier on the 8x8 feature map after the second reduction."""
+def _auxiliary_pool(side, native, stride):
+    """The original's 5x5 average pool on its ``native`` map, reaching 2x2; on another map side,
+    an adaptive pool to 2x2 (a 5x5 window would not fit or would give another size)."""
+    if side == native:
+        return nn.AvgPool2d(5, stride=stride, padding=0, count_include_pad=False)
+    return nn.AdaptiveAvgPool2d(2)
 
-    def __init__(self, C, num_classes):
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """Auxiliary classifier on the feature map after the second reduction (8x8 on CIFAR)."""
+
+    def __init__(self, C, num_classes, side=8):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            _auxiliary_pool(side, 8, 3),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
@@ -83,22 +96,54 @@ class AuxiliaryHeadCIFAR(nn.Module):
         return self.classifier(x.view(x.size(0), -1))
 
 
-class NetworkCIFAR(nn.Module):
-    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+class AuxiliaryHeadImageNet(nn.Module):
+    """Auxiliary classifier after the second reduction (7x7 at 224 pixels); as in the original,
+    without a BatchNorm after its 2x2 convolution."""
+
+    def __init__(self, C, num_classes, side=7):
         super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            _auxiliary_pool(side, 7, 2),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(x.view(x.size(0), -1))
+
+
+class NetworkCIFAR(nn.Module):
+    """The original's CIFAR network: the CIFAR stem (3C channels), cells at the input's
+    resolution."""
+
+    stem_kind, stem_multiplier, native_size = "cifar", 3, 32
+    auxiliary_head_class = AuxiliaryHeadCIFAR
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, in_channels=3,
+                 image_size=None):
+        super().__init__()
+        name = type(self).__name__
         reductions = reduction_cells(layers)
         if auxiliary and len(reductions) < 2:
-            raise ValueError(f"NetworkCIFAR: the auxiliary head sits after the second reduction "
+            raise ValueError(f"{name}: the auxiliary head sits after the second reduction "
                              f"cell and needs layers >= 2, got layers={layers}")
+        if not isinstance(in_channels, int) or in_channels <= 0:
+            raise ValueError(f"{name}: in_channels must be a positive integer, got "
+                             f"{in_channels!r}")
+        image_size = self.native_size if image_size is None else image_size
         self._layers = layers
         self._auxiliary = auxiliary
         self.drop_path_prob = 0.0
-        stem_multiplier = 3
-        C_curr = stem_multiplier * C
-        self.stem = stem(C_curr)
+        C_curr = self.stem_multiplier * C
+        reduction_prev = build_stems(self, self.stem_kind, C_curr, in_channels)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
-        reduction_prev = False
         C_to_auxiliary = C_prev
         for i in range(layers):
             reduction = i in reductions
@@ -111,16 +156,26 @@ class NetworkCIFAR(nn.Module):
             if i == 2 * layers // 3:
                 C_to_auxiliary = C_prev
         if auxiliary:
-            self.auxiliary_head = AuxiliaryHeadCIFAR(C_to_auxiliary, num_classes)
+            side = cell_resolution(self.stem_kind, image_size, 2)
+            self.auxiliary_head = self.auxiliary_head_class(C_to_auxiliary, num_classes, side)
         self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, input):
         logits_aux = None
-        s0 = s1 = self.stem(input)
+        s0, s1 = run_stems(self, input)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1)), logits_aux
+
+
+class NetworkImageNet(NetworkCIFAR):
+    """The original's ImageNet network: the ImageNet stem (C channels), cells from 1/8 of the
+    input's resolution; its final 7x7 average pool is the global average pool at 224 pixels and
+    stays one at any size."""
+
+    stem_kind, stem_multiplier, native_size = "imagenet", 1, 224
+    auxiliary_head_class = AuxiliaryHeadImageNet

@@ -17,7 +17,8 @@ from ..alphas import LeafAlphas
 from .architecture import ArchitectureTable, CellArchitecture, cell_edges, darts_rule, edge_count
 from .genotypes import PRIMITIVES, Genotype, check_primitives
 from .mixed_op import MixedOp
-from .operations import FactorizedReduce, GlobalAvgPool, ReLUConvBN, is_reduction, stem
+from .operations import FactorizedReduce, GlobalAvgPool, ReLUConvBN, is_reduction
+from .stems import build_stems, check_stem, run_stems
 
 
 class Cell(nn.Module):
@@ -100,8 +101,9 @@ class Network(LeafAlphas, nn.Module):
     def __init__(self, C, num_classes, layers, criterion, steps=4, multiplier=4,
                  stem_multiplier=3, mixed_op=MixedOp, memory_format="auto", recompute=False,
                  fold_batch_norm=True, primitives=PRIMITIVES, conv_bias=False,
-                 track_running_stats=True, auxiliary_skip=False):
+                 track_running_stats=True, auxiliary_skip=False, in_channels=3, stem="cifar"):
         super().__init__()
+        check_stem(stem, in_channels, "Network")
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers),
                             ("steps", steps), ("multiplier", multiplier),
                             ("stem_multiplier", stem_multiplier)):
@@ -114,6 +116,7 @@ class Network(LeafAlphas, nn.Module):
         self._steps = steps
         self._multiplier = multiplier
         self._stem_multiplier = stem_multiplier
+        self._input = dict(in_channels=in_channels, stem=stem)
         self._primitives = check_primitives(primitives, "Network")
         self._mixed_op = mixed_op
         base = mixed_op.func if isinstance(mixed_op, functools.partial) else mixed_op
@@ -149,10 +152,9 @@ class Network(LeafAlphas, nn.Module):
             # A device tensor: a captured step reads each epoch's value.
             self.register_buffer("auxiliary_skip_beta", torch.ones(()), persistent=False)
         C_curr = stem_multiplier * C
-        self.stem = stem(C_curr)
+        reduction_prev = build_stems(self, stem, C_curr, in_channels)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for i in range(layers):
             reduction = is_reduction(i, layers)
             if reduction:
@@ -188,7 +190,8 @@ class Network(LeafAlphas, nn.Module):
                                recompute=self._recompute,
                                fold_batch_norm=self._fold_batch_norm,
                                primitives=self._primitives,
-                               auxiliary_skip=self._auxiliary_skip, **self._op_options)
+                               auxiliary_skip=self._auxiliary_skip, **self._op_options,
+                               **self._input)
         if self._auxiliary_skip:
             model_new.auxiliary_skip_beta = self.auxiliary_skip_beta.clone()
         ref = self.alphas_normal
@@ -203,7 +206,7 @@ class Network(LeafAlphas, nn.Module):
             memory_format = torch.channels_last if input.device.type == "cpu" else None
         if memory_format is not None and input.dim() == 4:
             input = input.contiguous(memory_format=memory_format)
-        s0 = s1 = self.stem(input)
+        s0, s1 = run_stems(self, input)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, self.cell_architecture(cell.reduction))
         out = self.global_pooling(s1)

@@ -251,11 +251,6 @@ def register_candidate(name, build):
     OPS[name] = build
 
 
-def stem(C_out):
-    """The 3x3 convolution and affine BatchNorm that lift the RGB input to C_out channels."""
-    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
-
-
 def reduction_cells(layers):
     """The indices of the cells that halve the resolution (and double the channels): the cells
     at one and two thirds of the depth (one cell when they coincide)."""

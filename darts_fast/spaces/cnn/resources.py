@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .eval_model import AuxiliaryHeadCIFAR
 from .genotypes import Genotype, validate_genotype
-from .operations import FactorizedReduce, ReLUConvBN, build_candidate, reduction_cells, stem
+from .operations import FactorizedReduce, ReLUConvBN, build_candidate, reduction_cells
+from .stems import cifar_stem
 from .resources_io import load_table, save_table
 from .resources_latency import (KINDS, check_int, eval_mode, measure_latency, module_key,
                                 tabulate, trace)
@@ -118,7 +119,8 @@ class CostTable:
             return self._fixed[multipliers]
         size = self.image_size
         C_stem = 3 * self.C
-        parts = [self._module(("stem", C_stem, size), lambda: stem(C_stem), (1, 3, size, size))]
+        parts = [self._module(("stem", C_stem, size), lambda: cifar_stem(C_stem),
+                              (1, 3, size, size))]
         C_pp, C_p, reduction_prev, C_aux = C_stem, C_stem, False, C_stem
         for i, (reduction, C, size) in enumerate(self._cells):
             if reduction_prev:
