@@ -5,26 +5,17 @@ pt.darts' ``Genotype.normal`` is a list of per-node lists of ``(op, j)`` pairs (
 where darts_fast's (and the original DARTS') is one flat list of pairs; the concat fields are
 ``range(2, 2 + n_nodes)`` in both.
 """
-from collections import namedtuple
-
 import torch
 
 from ...spaces.cnn import genotypes as flat
 from ...spaces.genotype_text import GenotypeError, parse_spec
 
-Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+# The same fields as darts_fast's (and the original's); only the cells' form differs.
+Genotype = flat.Genotype
 
-# pt.darts' column order of every alpha matrix: ``none`` last (``parse`` relies on it).
-PRIMITIVES = [
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-    "none",
-]
+# pt.darts' column order of every alpha matrix: DARTS' candidates with ``none`` moved last
+# (``parse`` relies on it).
+PRIMITIVES = [*(p for p in flat.PRIMITIVES if p != "none"), "none"]
 
 
 def parse(alpha, k):
