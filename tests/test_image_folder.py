@@ -212,3 +212,23 @@ def test_color_jitter_equals_the_per_image_formulas():
                 hh, ss, vv = colorsys.rgb_to_hsv(*img[:, y, z])
                 want[:, y, z] = colorsys.hsv_to_rgb(math.fmod(hh + h[i].item() + 1, 1), ss, vv)
         assert np.abs(got[i].numpy() - want).max() < 1e-6
+
+
+def test_a_folder_that_cannot_train_a_classifier_is_refused(tmp_path, monkeypatch):
+    _write(str(tmp_path / "one" / "only" / "0.png"), np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="one class folder .*'only'.* at least two"):
+        datasets.folder_data(_options(tmp_path / "one"), with_test=False)
+    for name in ("a", "b"):
+        _write(str(tmp_path / "single" / name / "0.png"), np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="--val_fraction 0.25 holds out no image"):
+        datasets.folder_data(_options(tmp_path / "single"), with_test=True)
+    # Held in memory, the images would take more than half of a 1 MiB machine.
+    for name in ("a", "b"):
+        _write(str(tmp_path / "big" / name / "0.png"), np.zeros((8, 8), dtype=np.uint8))
+        _write(str(tmp_path / "big" / name / "1.png"), np.zeros((8, 8), dtype=np.uint8))
+    sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_PHYS_PAGES" else
+                        4096 if name == "SC_PAGE_SIZE" else sysconf(name))
+    with pytest.raises(DataError, match="more than half of this machine's .*--loader stream"):
+        datasets.folder_data(_options(tmp_path / "big", image_size=512, val_fraction=0.5),
+                             with_test=True)

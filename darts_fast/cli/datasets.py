@@ -9,6 +9,7 @@ search never sees the images its found network is tested on. The input's size, c
 normalisation come from the training images unless given, so both commands agree on them too.
 """
 import math
+import os
 
 import numpy as np
 
@@ -79,6 +80,9 @@ def folder_data(options, with_test):
     say what was skipped."""
     train_dir, val_dir = split_folders(options.data)
     train = list_images(train_dir)
+    if len(train.classes) < 2:
+        raise DataError(f"--data {options.data!r}: one class folder ({train.classes[0]!r}); a "
+                        f"classifier needs at least two")
     if val_dir is not None:
         test = list_images(val_dir, train.classes)
     else:
@@ -97,6 +101,7 @@ def folder_data(options, with_test):
         jitter = IMAGENET_JITTER if options.color_jitter else None
         sets = [StreamedImages(f.paths, f.labels, info, jitter) for f in (train, test)]
     else:
+        _check_memory(len(train) + (len(test) if with_test else 0), info)
         sets = [_held(f, info, options, what, notes)
                 for f, what in ((train, "training images"), (test, "test images"))[:1 + with_test]]
         if options.mean is None:  # the statistics of the images trained on
@@ -118,6 +123,9 @@ def holdout(files, fraction):
         members = np.flatnonzero(files.labels == label)
         count = min(len(members) - 1, math.ceil(fraction * len(members)))
         test[rng.permutation(members)[:count]] = True
+    if not test.any():
+        raise DataError(f"--val_fraction {fraction} holds out no image: a class needs two images "
+                        f"to give one to the test images (or give a val/ folder)")
     return _subset(files, ~test), _subset(files, test)
 
 
@@ -176,6 +184,20 @@ def _sampled_statistics(files, size, channels, workers):
     paths = [files.paths[i] for i in np.unique(picked.astype(int))]
     pixels, _ = parallel(Decoder(size, channels), paths, workers)
     return channel_statistics(np.stack([p for p in pixels if p is not None]))
+
+
+def _check_memory(count, info):
+    """Refuses a held data set that would take more than half the machine's memory."""
+    needed = count * info.size * info.size * info.channels
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if needed > total // 2:
+        raise DataError(f"{count} images at {info.size}x{info.size} take {needed / 2**30:.1f} GiB "
+                        f"held in memory, more than half of this machine's "
+                        f"{total / 2**30:.1f} GiB: use --loader stream (decoded each epoch) or a "
+                        f"smaller --image_size")
 
 
 def _held(files, info, options, what, notes):
