@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import itertools
-import json
 import os
 import shutil
 
@@ -33,15 +32,17 @@ from . import evolve_options as eo
 from .errors import UsageError
 from .report import RunLog
 from .run_dir import CHECKPOINT, CONFIG, LOCK, RunDir, RunDirError, hold
-from .stored_run import ADDED_LATER
+from .stored_run import ADDED_LATER, read_json
 
 STRATEGIES = {"spos": SPOSEvolution, "regularized": RegularizedEvolution, "random": RandomSearch}
 
 
 def run(options):
     if options.resume:
-        config = _read_json(os.path.join(options.resume, CONFIG), "--resume")
-        if config.get("command") != "evolve" or not isinstance(config.get("options"), dict):
+        config = read_json(os.path.join(options.resume, CONFIG), "--resume",
+                           "the evolution's configuration")
+        if not isinstance(config, dict) or config.get("command") != "evolve" or \
+                not isinstance(config.get("options"), dict):
             raise UsageError(f"--resume {options.resume!r} is not an evolution's run folder")
         options = eo.resumed(options, config)
     else:
@@ -140,18 +141,6 @@ def _write(folder, log, model, strategy, rows):
     log.events.add_scalar("evolution/best", score, step)
 
 
-def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{what}: no {os.path.basename(path)} in "
-                         f"{os.path.dirname(path)!r}; is it a run folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{what}: {path!r} is not readable JSON ({type(e).__name__})") \
-            from None
-
-
 def _restore(folder, strategy):
     """Loads the checkpoint's state into ``strategy``; returns its rows (none: not started)."""
     folder.remove_temporaries()
@@ -173,8 +162,9 @@ def _restore(folder, strategy):
 
 def _supernet(path, device):
     """The supernet of the search in ``path``, on ``device``, and the search's options."""
-    config = _read_json(os.path.join(path, CONFIG), "RUN")
-    search = config.get("options") if config.get("command") == "search" else None
+    config = read_json(os.path.join(path, CONFIG), "RUN", "the search's configuration")
+    search = config.get("options") if isinstance(config, dict) and \
+        config.get("command") == "search" else None
     if not isinstance(search, dict) or search.get("space", "cnn") != "cnn":
         raise UsageError(f"RUN {path!r} is not a darts-fast search of the cell space")
     try:

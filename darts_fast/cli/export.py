@@ -10,7 +10,6 @@ network of the genotype it found, UNTRAINED (initialised from the run's seed), s
 (``data.json``; a run of an earlier version, which has none: CIFAR-10's). The run folder is
 held (its lock) while it is read, so a run still running is refused; so is anything that is not
 a CNN train or search run. A refused command writes nothing."""
-import json
 import os
 
 import torch
@@ -26,7 +25,7 @@ from .errors import UsageError
 from .image_data import DataInfo
 from .options import folder_name, positive_int
 from .run_dir import CHECKPOINT, CONFIG, hold
-from .stored_run import DATA, stored_option
+from .stored_run import DATA, read_json, stored_option
 
 GENOTYPE = "genotype.json"
 NETWORK = "network.json"
@@ -56,7 +55,10 @@ def add_arguments(p):
 def run(args):
     path = args.run
     out = args.out or os.path.join(path, "export")
-    config = _read_json(os.path.join(path, CONFIG), path, "a darts-fast run's configuration")
+    if not os.path.isdir(path):
+        raise UsageError(f"RUN {path!r} is not a folder (expected the folder of a darts-fast "
+                         f"train or search run)")
+    config = _read_json(os.path.join(path, CONFIG), "a darts-fast run's configuration")
     command, options = (config.get("command"), config.get("options")) \
         if isinstance(config, dict) else (None, None)
     if command not in ("train", "search") or not isinstance(options, dict):
@@ -98,7 +100,7 @@ def read_input(path, options):
                         CIFAR_STD, "cifar")
         return info.to_json()
     try:
-        return DataInfo.from_json(_read_json(file, path, "a data description"), file).to_json()
+        return DataInfo.from_json(_read_json(file, "a data description"), file).to_json()
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -122,7 +124,7 @@ def _trained(path, config, args):
     source = {"run": os.path.abspath(path), "command": "train", "run_id": config["run_id"],
               "trained": True, "epoch": state.get("epoch"), "epochs": options.get("epochs")}
     if os.path.exists(os.path.join(path, NETWORK)):  # the spec of what the run built
-        built = _read_json(os.path.join(path, NETWORK), path, "the network the run trains")
+        built = _read_json(os.path.join(path, NETWORK), "the network the run trains")
         if not isinstance(built, dict):
             raise UsageError(f"{NETWORK} in {path!r} is not a network spec (expected an object "
                              f"with class, kwargs and input)")
@@ -184,25 +186,14 @@ def _build(spec, path):
 def _genotype(path):
     file = os.path.join(path, GENOTYPE)
     try:
-        return genotype_from_dict(_read_json(file, path, "the genotype the run writes after "
+        return genotype_from_dict(_read_json(file, "the genotype the run writes after "
                                                         "its first epoch"))
     except GenotypeError as e:
         raise UsageError(f"{file!r}: {e}") from None
 
 
-def _read_json(file, path, expected):
-    if not os.path.isdir(path):
-        raise UsageError(f"RUN {path!r} is not a folder (expected the folder of a darts-fast "
-                         f"train or search run)")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"RUN {path!r} holds no {os.path.basename(file)} (expected "
-                         f"{expected}); is it a run folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{file!r} is not readable JSON ({type(e).__name__}); expected "
-                         f"{expected}") from None
+def _read_json(file, expected):
+    return read_json(file, "RUN", expected)
 
 
 def _summary(path, out, spec, record):

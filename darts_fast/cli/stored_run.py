@@ -119,6 +119,21 @@ def _read_metrics(run, fields):
     return rows
 
 
+def read_json(file, what, expected):
+    """The JSON that a run folder keeps in ``file``; RunDirError naming ``what`` (the argument
+    that gave the folder) and what the file was ``expected`` to hold, if it is missing or is not
+    readable JSON."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunDirError(f"{what} {os.path.dirname(file)!r} holds no {os.path.basename(file)} "
+                          f"(expected {expected}); is it a run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{what}: {file!r} is not readable JSON ({type(e).__name__}); "
+                          f"expected {expected}") from None
+
+
 def read_config(path, command):
     """The saved ``{"command", "run_id", "options"}`` of the run in ``path``, checked for form
     (the options are checked by the command line's own parser)."""
@@ -127,12 +142,7 @@ def read_config(path, command):
     file = os.path.join(path, CONFIG)
     if not os.path.isfile(file):
         raise RunDirError(f"--resume {path!r}: no {CONFIG} there; is it a run folder?")
-    try:
-        with open(file, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{file!r} is not readable JSON ({e.__class__.__name__}); refusing to "
-                          f"resume") from None
+    config = read_json(file, "--resume", "the run's configuration")
     if not (isinstance(config, dict) and isinstance(config.get("run_id"), str)
             and isinstance(config.get("options"), dict)
             and isinstance(config.get("command"), str)):
@@ -152,11 +162,7 @@ def keep_data_info(run, info):
     from a folder change its classes or statistics, and the network would no longer fit)."""
     path = run.file(DATA)
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as e:
-            raise RunDirError(f"{path!r} cannot be read ({e}); refusing to resume") from None
+        saved = read_json(path, "--resume", "the run's data description")
         if saved != info.to_json():
             changed = sorted(k for k, v in info.to_json().items() if saved.get(k) != v)
             raise RunDirError(f"the data read now differs from the data the run in "
