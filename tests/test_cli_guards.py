@@ -12,6 +12,8 @@ from darts_fast.cli import epoch_end, guards
 from darts_fast.search import collapse
 from darts_fast.search.hessian_eigenvalue import DominantEigenvalue
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 
 def rows_of(folder, name):
     with open(folder / name) as f:

@@ -12,6 +12,8 @@ from test_cli import TINY, error_of, run, state_of
 from darts_fast.reference import pdarts as authors
 from darts_fast.spaces.cnn.genotypes import PRIMITIVES, genotype_to_dict
 
+pytestmark = pytest.mark.slow  # CI's second pass: see pytest.ini
+
 # Three stages of two epochs on 2, 3 and 4 cells; the first epoch of each trains weights alone.
 STAGED = [*TINY, "--method", "pdarts", "--layers", "2", "--add_layers", "1", "2", "--epochs",
           "6", "--arch_start_epoch", "1"]

@@ -44,6 +44,7 @@ def test_auxiliary_skip_mixed_op_matches_darts_minus(stride, dtype, fold):
         fused(x, w)
 
 
+@pytest.mark.slow
 def test_auxiliary_skip_network_matches_darts_minus():
     """Loss and gradients of a whole network, its beta set per epoch as the authors decay it."""
     torch.manual_seed(1)

@@ -109,6 +109,7 @@ def test_pc_darts_betas_enter_the_hessian():
     assert abs(result.value - spectrum.max().item()) < 1e-6 * spectrum.max().item()
 
 
+@pytest.mark.slow
 def test_float32_network_is_close_to_float64():
     values = {}
     for dtype in (torch.float64, torch.float32):

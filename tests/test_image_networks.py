@@ -91,7 +91,7 @@ def test_search_network_on_the_imagenet_stem_has_pc_darts_layout():
     assert not hasattr(net, "stem")
     copy = net.new()
     assert copy.state_dict().keys() == net.state_dict().keys()
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 4])
     loss = net._loss(x, y)
     loss.backward()
     assert net.stem0[0].weight.grad is not None and torch.isfinite(loss)

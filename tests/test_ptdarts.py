@@ -175,6 +175,7 @@ def test_virtual_step_is_ptdarts_v_net_weights():
     assert_states_close(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finite_difference", ["corrected", "ptdarts"])
 def test_search_step_sequence(finite_difference):
     """pt.darts' train loop: the alpha step (Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3)
