@@ -7,6 +7,8 @@ SLOW_CASES = (
     "test_mixed_op.py::test_matches_reference[cpu-16-32-1-4-dtype1-",
     "test_mixed_op.py::test_matches_reference[cpu-16-32-2-4-dtype1-",
     "test_mixed_op.py::test_matches_reference[cpu-32-16-2-4-dtype1-",
+    "test_mixed_op.py::test_matches_reference[cpu-64-8-2-8-dtype1-",
+    "test_method_registry.py::test_the_method_computes_with_its_own_weights",
     "test_precision.py::test_float32_equals_float64_given_the_same_decisions[darts-nchw-2]",
 )
 
