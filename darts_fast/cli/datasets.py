@@ -8,6 +8,7 @@ images, the same ones for ``search`` and ``train`` (a draw of its own, whatever 
 search never sees the images its found network is tested on. The input's size, channels and
 normalisation come from the training images unless given, so both commands agree on them too.
 """
+import dataclasses
 import math
 import os
 
@@ -106,7 +107,7 @@ def folder_data(options, with_test):
                 for f, what in ((train, "training images"), (test, "test images"))[:1 + with_test]]
         if options.mean is None:  # the statistics of the images trained on
             mean, std = channel_statistics(sets[0].images)
-            info = _with_statistics(info, mean, std)
+            info = dataclasses.replace(info, mean=mean, std=std)
             for s in sets:
                 s.info = info
     for s in sets:
@@ -137,18 +138,20 @@ def _subset(files, keep):
 def _usable(files, options, what, notes):
     """``files`` without the images whose header is bad (skipped or refused, by
     ``--bad_images``) and the (width, height, grey) of those kept."""
-    shapes, bad = headers(files.paths, options.workers)
+    shapes, keep = _kept(*headers(files.paths, options.workers), options, what, notes)
+    return _subset(files, keep), shapes
+
+
+def _kept(results, bad, options, what, notes):
+    """The results of the images that were not ``bad`` and the mask of those images, after
+    ``--bad_images`` skipped (noted) or refused the bad ones."""
     note = report_bad(bad, options.bad_images, what)
     if note:
         notes.append(note)
-    keep = np.array([s is not None for s in shapes], dtype=bool)
+    keep = np.array([r is not None for r in results], dtype=bool)
     if not keep.any():
-        raise_empty(options, what)
-    return _subset(files, keep), [s for s in shapes if s is not None]
-
-
-def raise_empty(options, what):
-    raise DataError(f"--data {options.data!r}: none of the {what} can be used")
+        raise DataError(f"--data {options.data!r}: none of the {what} can be used")
+    return [r for r in results if r is not None], keep
 
 
 def _info(options, train, shapes):
@@ -175,10 +178,6 @@ def _info(options, train, shapes):
                     tuple(mean or ()), tuple(std or ()), stem)
 
 
-def _with_statistics(info, mean, std):
-    return DataInfo(info.dataset, info.classes, info.channels, info.size, mean, std, info.stem)
-
-
 def _sampled_statistics(files, size, channels, workers):
     picked = np.linspace(0, len(files.paths) - 1, min(STATISTICS_SAMPLE, len(files.paths)))
     paths = [files.paths[i] for i in np.unique(picked.astype(int))]
@@ -202,15 +201,9 @@ def _check_memory(count, info):
 
 def _held(files, info, options, what, notes):
     """The images of ``files`` decoded (in ``--workers`` processes) into one array."""
-    pixels, bad = parallel(Decoder(info.size, info.channels), files.paths, options.workers)
-    note = report_bad(bad, options.bad_images, what)
-    if note:
-        notes.append(note)
-    keep = np.array([p is not None for p in pixels], dtype=bool)
-    if not keep.any():
-        raise_empty(options, what)
-    images = np.stack([p for p in pixels if p is not None])
-    return HeldImages(images, files.labels[keep], info)
+    pixels, keep = _kept(*parallel(Decoder(info.size, info.channels), files.paths,
+                                   options.workers), options, what, notes)
+    return HeldImages(np.stack(pixels), files.labels[keep], info)
 
 
 def search_split(labels, options):

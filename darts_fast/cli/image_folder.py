@@ -98,28 +98,28 @@ def inspect(path):
     return size[0], size[1], mode in GREY
 
 
-def decode(path, size, channels, crop=None):
+def decode(path, size, channels, box=None):
     """The image at ``path`` as uint8 [size, size, channels]: its shorter side resized to
-    ``size`` and the centre cut out, or, with ``crop`` (left, top, width, height, in the
-    fraction of the image's width and height), that box resized to ``size`` x ``size``. Bilinear
+    ``size`` and the centre cut out, or, with ``box(width, height)`` giving (left, top, width,
+    height) in pixels of the opened image, that box resized to ``size`` x ``size``. Bilinear
     resampling; BadImage if it cannot be decoded whole."""
     mode = "RGB" if channels == 3 else "L"
     try:
         with Image.open(path) as img:
-            if crop is None:
+            if box is None:
                 img.draft(mode, (size, size))  # JPEG: decode at a scale still >= size
             img = img.convert(mode)
             w, h = img.size
-            if crop is None:
+            if box is None:
                 scale = size / min(w, h)
                 nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
                 img = img.resize((nw, nh), Image.BILINEAR)
                 left, top = (nw - size) // 2, (nh - size) // 2
                 img = img.crop((left, top, left + size, top + size))
             else:
-                x, y, cw, ch = crop
-                box = (x * w, y * h, (x + cw) * w, (y + ch) * h)
-                img = img.resize((size, size), Image.BILINEAR, box=box)
+                left, top, bw, bh = box(w, h)
+                img = img.resize((size, size), Image.BILINEAR,
+                                 box=(left, top, left + bw, top + bh))
             pixels = np.array(img, dtype=np.uint8)  # writable: torch takes it as it is
     except BAD_IMAGE_ERRORS as e:
         raise BadImage(path, f"cannot be decoded ({_reason(e)})") from None

@@ -20,7 +20,7 @@ import sys
 import torch
 from torch.utils.data import Dataset
 
-from .image_folder import BadImage, decode, inspect
+from .image_folder import BadImage, decode
 
 SCALE = (0.08, 1.0)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -87,7 +87,5 @@ class StreamDataset(Dataset):
             pixels = decode(path, side, self.channels)
             offset = (side - self.size) // 2
             return pixels[offset:offset + self.size, offset:offset + self.size].copy()
-        width, height, _ = inspect(path)
-        left, top, w, h = random_resized_box(width, height)
-        return decode(path, self.size, self.channels,
-                      crop=(left / width, top / height, w / width, h / height))
+        # The box is drawn from the size of the image as opened: one read of the file.
+        return decode(path, self.size, self.channels, box=random_resized_box)
